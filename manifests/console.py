@@ -67,7 +67,8 @@ def _fail(message: str, hint: str, code: int, err: BaseException) -> None:
     elif not isinstance(err, AirgapError):
         print("  (--verbose shows the cause)", file=sys.stderr)
     if CTX.json:
-        emit_json({"error": message, "hint": hint, "exit_code": code})
+        details = getattr(err, "details", None)  # e.g. the list of bad files, for scripts
+        emit_json({"error": message, "hint": hint, "exit_code": code, **(details if isinstance(details, dict) else {})})
     sys.stderr.flush()
     raise SystemExit(code)
 

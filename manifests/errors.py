@@ -102,6 +102,18 @@ class OutputError(AirgapError):
     exit_code = 23
 
 
+class TagConflictError(AirgapError):
+    """A tag the bundle would set already names a different image on this engine."""
+
+    exit_code = 24
+
+
+class StateError(AirgapError):
+    """The host's state file (accepted bundles) is unreadable, malformed or cannot be written."""
+
+    exit_code = 25
+
+
 class ToolkitError(AirgapError):
     """The Overleaf Toolkit folder is missing, invalid or at an unexpected version."""
 

@@ -28,13 +28,17 @@ def _layers(client: docker.DockerClient, ref: str) -> list[str]:
     return client.images.get(ref).attrs["RootFS"]["Layers"]
 
 
+def _run(client: docker.DockerClient, image: str, command: list[str]) -> bytes:
+    """Run ``command`` in a new container without network; return its output."""
+    return client.containers.run(image, command, network_mode="none", remove=True)
+
+
 @pytest.mark.engine
 def test_synthetic_image_builds_and_runs_without_network(engine: PrivateEngine) -> None:
     build_image(engine, "airgap-test/hello:1", {"/etc/greeting": "hello from a layer\n"})
     client = engine.client()
-    assert client.containers.run("airgap-test/hello:1", ["echo", "hello"], network_mode="none", remove=True) == b"hello\n"
-    out = client.containers.run("airgap-test/hello:1", ["cat", "/etc/greeting"], network_mode="none", remove=True)
-    assert out == b"hello from a layer\n"
+    assert _run(client, "airgap-test/hello:1", ["echo", "hello"]) == b"hello\n"
+    assert _run(client, "airgap-test/hello:1", ["cat", "/etc/greeting"]) == b"hello from a layer\n"
 
 
 @pytest.mark.engine
@@ -64,7 +68,7 @@ def test_data_layers_are_deterministic_and_sized(engine: PrivateEngine) -> None:
     again = build_image(engine, "airgap-test/big:2", data=data)
     assert _layers(client, "airgap-test/big:1")[-2:] == _layers(client, "airgap-test/big:2")[-2:]
     assert first.id == again.id
-    sizes = client.containers.run("airgap-test/big:1", ["wc", "-c", "/blob/random", "/blob/text"], network_mode="none", remove=True)
+    sizes = _run(client, "airgap-test/big:1", ["wc", "-c", "/blob/random", "/blob/text"])
     assert sizes.split()[:4] == [str(3 * MiB + 7).encode(), b"/blob/random", str(2 * MiB).encode(), b"/blob/text"]
 
 
@@ -107,8 +111,8 @@ def test_push_to_registry_and_read_tags_back(
         with urllib.request.urlopen(f"{registry.url}/v2/{repository}/tags/list", timeout=10) as answer:
             assert sorted(json.load(answer)["tags"]) == tags
     assert registry.tags("library/mongo") == ["6.0", "8.0"]
-    leftover = {tag for image in engine.client().images.list() for tag in image.tags if tag.startswith(registry.address)}
-    assert not leftover  # the mirror tags were removed again
+    tags = {tag for image in engine.client().images.list() for tag in image.tags}
+    assert not {tag for tag in tags if tag.startswith(registry.address)}  # the mirror tags were removed again
 
 
 @pytest.mark.engine
@@ -118,7 +122,9 @@ def test_mongo_standin_takes_flags_and_records_shell_calls(engine: PrivateEngine
     try:
         fcv = 'db.adminCommand({setFeatureCompatibilityVersion: "6.0"})'
         assert mongo.exec_run(["mongosh", "--eval", fcv]).exit_code == 0
-        ask = mongo.exec_run(["mongosh", "--quiet", "--eval", "db.adminCommand({getParameter: 1, featureCompatibilityVersion: 1})"])
+        assert mongo.exec_run(["mongosh", "--eval", fcv.replace("6.0", "7.0")]).exit_code == 1  # newer than mongod
+        get_fcv = "db.adminCommand({getParameter: 1, featureCompatibilityVersion: 1})"
+        ask = mongo.exec_run(["mongosh", "--quiet", "--eval", get_fcv])
         assert b"version: '6.0'" in ask.output
         log = mongo.exec_run(["cat", "/data/db/mongosh.log", "/data/db/mongod.log"]).output.decode()
         assert f"mongosh --eval {fcv}" in log
@@ -149,7 +155,8 @@ def test_mongo_standin_refuses_a_skipped_major(engine: PrivateEngine, synthetic_
 @pytest.mark.engine
 def test_redis_standin_answers_ping(engine: PrivateEngine, synthetic_images: list[str]) -> None:
     client = engine.client()
-    redis = client.containers.run("redis:7.4", ["redis-server", "--appendonly", "yes"], network_mode="none", detach=True)
+    command = ["redis-server", "--appendonly", "yes"]
+    redis = client.containers.run("redis:7.4", command, network_mode="none", detach=True)
     try:
         ping = redis.exec_run(["redis-cli", "ping"])
         assert (ping.exit_code, ping.output) == (0, b"PONG\n")
@@ -165,7 +172,7 @@ def test_two_engines_run_side_by_side(engine: PrivateEngine, offline_engine: Pri
     assert online.info()["DockerRootDir"] != offline.info()["DockerRootDir"]
     assert engine.host != offline_engine.host
     build_image(offline_engine, "airgap-test/offline-only:1", {"/where": "offline\n"})
-    assert offline.containers.run("airgap-test/offline-only:1", ["cat", "/where"], network_mode="none", remove=True) == b"offline\n"
+    assert _run(offline, "airgap-test/offline-only:1", ["cat", "/where"]) == b"offline\n"
     with pytest.raises(docker.errors.ImageNotFound):
         online.images.get("airgap-test/offline-only:1")
 

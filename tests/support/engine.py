@@ -103,6 +103,15 @@ def _kill_processes_under(directory: Path) -> None:
             continue
 
 
+def _delete_containers(exec_root: Path) -> None:
+    """Kill and delete the containers that a killed dockerd left running (runc state under its exec root)."""
+    runc = shutil.which("runc", path=os.environ.get("PATH", "") + _SBIN_PATH)
+    for state in exec_root.glob("runtime-runc/*") if runc else ():
+        listing = subprocess.run([runc, "--root", str(state), "list", "-q"], capture_output=True, text=True)
+        for container in listing.stdout.split():
+            subprocess.run([runc, "--root", str(state), "delete", "--force", container], capture_output=True)
+
+
 def _unmount_under(directory: Path) -> None:
     """Unmount every mount point at or below ``directory``, deepest first."""
     root = os.fsdecode(directory)
@@ -236,7 +245,8 @@ class PrivateEngine:
         self._clients.clear()
         proc, self._proc = self._proc, None
         _stop_process(proc, timeout=30)
-        if proc is not None and proc.returncode == -signal.SIGKILL:
+        if proc is not None and proc.returncode == -signal.SIGKILL:  # nobody shut its containers down
+            _delete_containers(self.exec_root)
             _kill_processes_under(self.dir)
             time.sleep(0.5)
         if self.dir.exists():
@@ -318,7 +328,8 @@ class PrivateRegistry:
                         if answer.status == 200:
                             return self
                 except OSError:
-                    time.sleep(0.1)
+                    pass
+                time.sleep(0.1)
             if self._proc.poll() is None or "address already in use" not in _log_tail(self.log_path):
                 break
         tail = _log_tail(self.log_path)
@@ -373,8 +384,11 @@ class DataLayer:
             n = min(MiB, left)
             if self.kind == "random":
                 yield rng.randbytes(n)
-            else:  # every word is at least 4 bytes long, so n // 4 + 1 words are enough
-                yield b"".join(map(_VOCAB.__getitem__, rng.randbytes(n // 4 + 1)))[:n]
+            else:  # words average 7.5 bytes: draw a little less than enough, then top up
+                block = b""
+                while len(block) < n:
+                    block += b"".join(map(_VOCAB.__getitem__, rng.randbytes((n - len(block)) // 8 + 64)))
+                yield block[:n]
             left -= n
 
 
@@ -489,8 +503,7 @@ def ensure_base_image(target: PrivateEngine | docker.DockerClient) -> Image:
     dockerfile = [
         "FROM scratch",
         "COPY busybox /bin/busybox",
-        'RUN ["/bin/busybox", "--install", "-s", "/bin"]',
-        'RUN ["/bin/mkdir", "-p", "-m", "1777", "/tmp"]',
+        'RUN ["/bin/busybox", "sh", "-c", "/bin/busybox --install -s /bin && mkdir -p -m 1777 /tmp"]',
         "COPY files/ /",
     ]
     context = {"busybox": find_static_busybox().read_bytes(), "files/usr/local/bin/run-forever": _RUN_FOREVER}
@@ -513,8 +526,8 @@ def build_image(
 
     Layers, in order: ``files`` (one layer), each mapping of ``extra_layers``
     (one layer each), each :class:`DataLayer` of ``data`` (one layer each).
-    Keys are absolute paths in the image; content starting with ``#!`` gets
-    mode 0755, the rest 0644. ``base`` is :data:`BASE_IMAGE` (built on demand,
+    Keys are absolute paths in the image; content starting with ``#!`` (or an
+    ELF header) gets mode 0755, the rest 0644. ``base`` is :data:`BASE_IMAGE` (built on demand,
     so images share its layers), another local image (never pulled), or
     ``"scratch"``. Images from the base can run ``sh``, ``sleep``, ``httpd``
     and ``run-forever CMD...`` (which makes ``docker stop`` quick).
@@ -559,25 +572,27 @@ case "${1:-}" in -*) set -- mongod "$@" ;; esac
 exec "$@"
 """
 
+_MONGO_LIB = """# Sourced by the mongod and mongo shell stand-ins: this image's version and the FCV range it accepts.
+share=/usr/local/share/mongo-standin
+version=$(cat $share/version); max=$(cat $share/fcv); min=$(cat $share/min-fcv)
+num() { echo "$1" | awk -F. '{ print $1 * 1000 + $2 }'; }
+accepted() { [ -n "$1" ] && [ "$(num "$1")" -le "$(num "$max")" ] && { [ -z "$min" ] || [ "$(num "$1")" -ge "$(num "$min")" ]; }; }
+mkdir -p /data/db
+"""
+
 _MONGOD = """#!/bin/sh
 # Stand-in for mongod: records its arguments in /data/db/mongod.log, refuses (exit 62) data whose
 # featureCompatibilityVersion (/data/db/fcv) is newer than itself or older than its predecessor, then idles.
-share=/usr/local/share/mongo-standin
-version=$(cat $share/version); fcv=$(cat $share/fcv); min=$(cat $share/min-fcv)
+. /usr/local/lib/mongo-standin.sh
 if [ "${1:-}" = --version ]; then echo "db version v$version"; exit 0; fi
-num() { echo "$1" | awk -F. '{ print $1 * 1000 + $2 }'; }
-mkdir -p /data/db
 echo "mongod $*" >> /data/db/mongod.log
-if [ -s /data/db/fcv ]; then
-  have=$(cat /data/db/fcv)
-  if [ "$(num "$have")" -gt "$(num "$fcv")" ] || { [ -n "$min" ] && [ "$(num "$have")" -lt "$(num "$min")" ]; }; then
-    echo "mongod $version: data has featureCompatibilityVersion $have, need ${min:-$fcv} to $fcv" >&2
-    exit 62
-  fi
-else
-  echo "$fcv" > /data/db/fcv
+[ -s /data/db/fcv ] || echo "$max" > /data/db/fcv
+have=$(cat /data/db/fcv)
+if ! accepted "$have"; then
+  echo "mongod $version: data has featureCompatibilityVersion $have, need ${min:-$max} to $max" >&2
+  exit 62
 fi
-echo "mongod $version waiting for connections (featureCompatibilityVersion $(cat /data/db/fcv))"
+echo "mongod $version waiting for connections (featureCompatibilityVersion $have)"
 exec run-forever
 """
 
@@ -585,24 +600,20 @@ _MONGO_SHELL = """#!/bin/sh
 # Stand-in for mongosh and the legacy mongo shell: appends each call ("NAME ARGS", then stdin when there
 # is no --eval) to /data/db/mongosh.log and answers like a healthy server. setFeatureCompatibilityVersion
 # changes /data/db/fcv (within what this mongod accepts); getParameter featureCompatibilityVersion reads it.
-share=/usr/local/share/mongo-standin
-mkdir -p /data/db
-log=/data/db/mongosh.log
+. /usr/local/lib/mongo-standin.sh
 js=
 prev=
 for arg in "$@"; do
   if [ "$prev" = --eval ]; then js="$js$arg;"; fi
   prev=$arg
 done
-echo "$(basename "$0") $*" >> $log
-if [ -z "$js" ] && [ ! -t 0 ]; then js=$(cat); printf '%s\\n' "$js" >> $log; fi
-num() { echo "$1" | awk -F. '{ print $1 * 1000 + $2 }'; }
-max=$(cat $share/fcv); min=$(cat $share/min-fcv)
+echo "$(basename "$0") $*" >> /data/db/mongosh.log
+if [ -z "$js" ] && [ ! -t 0 ]; then js=$(cat); printf '%s\\n' "$js" >> /data/db/mongosh.log; fi
 case "$js" in
   *setFeatureCompatibilityVersion*)
-    want=$(printf '%s\\n' "$js" | sed -n 's/.*setFeatureCompatibilityVersion[^0-9]*\\([0-9][0-9]*\\.[0-9][0-9]*\\).*/\\1/p' | head -n 1)
-    if [ -z "$want" ] || [ "$(num "$want")" -gt "$(num "$max")" ] || { [ -n "$min" ] && [ "$(num "$want")" -lt "$(num "$min")" ]; }; then
-      echo "MongoServerError: invalid featureCompatibilityVersion '$want' for mongod $max" >&2
+    want=$(printf '%s' "$js" | grep -o 'setFeatureCompatibilityVersion[^0-9]*[0-9.]*' | grep -o '[0-9.]*$' | head -n 1)
+    if ! accepted "$want"; then
+      echo "MongoServerError: invalid featureCompatibilityVersion '$want' for mongod $version" >&2
       exit 1
     fi
     echo "$want" > /data/db/fcv
@@ -730,6 +741,7 @@ def seed_overleaf_images(
     if mongo:
         _ensure(client, MONGO_BASE_IMAGE, {
             "/usr/local/bin/docker-entrypoint.sh": _MONGO_ENTRYPOINT, "/usr/local/bin/mongod": _MONGOD,
+            "/usr/local/lib/mongo-standin.sh": _MONGO_LIB,
         })  # fmt: skip
     for tag in mongo:
         fcv = _series(tag)

@@ -1,0 +1,224 @@
+"""The Docker engine the importer talks to: connection, preflight, what it already holds.
+
+The engine is the one ``DOCKER_HOST`` names (Docker's own convention; the local
+socket by default), reached with docker-py and a read timeout long enough for
+multi-GB loads. Every docker-py or HTTP failure becomes an :class:`EngineError`
+that names the engine.
+
+    client = connect()
+    info = preflight(client, need_bytes=3 * 1024**3)
+    host = HostImages.scan(client)
+    host.has_chain(("sha256:aaa...", "sha256:bbb..."))
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from manifests.errors import DiskSpaceError, EngineError
+
+MIN_API_VERSION = "1.41"   # Engine 20.10: the oldest engine this importer is tested with
+CLIENT_TIMEOUT = 3600      # seconds: the engine works minutes before answering a multi-GB load
+SPACE_FACTOR = 2           # a legacy-store load untars into the data root, then registers the layers
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+
+
+def engine_name() -> str:
+    return os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    for marker in ("FileNotFoundError", "ConnectionRefusedError", "No such file or directory", "Connection refused",
+                   "Connection aborted", "Read timed out", "Connection reset"):
+        if marker in text:
+            return {"FileNotFoundError": "the socket does not exist",
+                    "No such file or directory": "the socket does not exist",
+                    "ConnectionRefusedError": "nothing listens on the socket",
+                    "Connection refused": "nothing listens on the socket",
+                    "Connection aborted": "the connection was aborted",
+                    "Read timed out": "the engine did not answer in time",
+                    "Connection reset": "the engine closed the connection"}[marker]
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def down_error(exc: BaseException, doing: str = "reach") -> EngineError:
+    return EngineError(f"cannot {doing} the Docker engine at {engine_name()}: {_reason(exc)}",
+                       "Start the engine (e.g. `systemctl start docker`), or set DOCKER_HOST to the socket of "
+                       "the engine to use; then run the same command again.")
+
+
+@contextmanager
+def engine_errors(doing: str) -> Iterator[None]:
+    """Turn docker-py / HTTP failures inside the block into an EngineError saying what was being done."""
+    try:
+        yield
+    except docker.errors.APIError as exc:
+        explanation = getattr(exc, "explanation", None) or str(exc)
+        raise EngineError(f"the Docker engine at {engine_name()} refused to {doing}: {explanation}",
+                          "Check the engine's log (journalctl -u docker) and run the same command again.") from exc
+    except (docker.errors.DockerException, requests.exceptions.RequestException, ConnectionError) as exc:
+        raise down_error(exc, doing) from exc
+
+
+def connect(timeout: int = CLIENT_TIMEOUT) -> docker.DockerClient:
+    """A client for the engine DOCKER_HOST names (API version negotiated), or EngineError."""
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise down_error(exc) from exc
+    return client
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split(".") if x.isdigit())
+
+
+@dataclass
+class EngineInfo:
+    version: str
+    api_version: str
+    os: str
+    arch: str
+    driver: str
+    image_store: str           # "graphdriver" (legacy) or "containerd"
+    data_root: str
+    free_bytes: int | None     # None when the data root is not on this machine
+
+    def receipt_dict(self) -> dict[str, str]:
+        """What a receipt carries about the engine (no local paths)."""
+        return {"version": self.version, "api_version": self.api_version, "os": self.os, "arch": self.arch,
+                "storage_driver": self.driver, "image_store": self.image_store}
+
+
+def _is_local() -> bool:
+    host = os.environ.get("DOCKER_HOST")
+    return not host or host.startswith("unix://")
+
+
+def free_bytes(path: str) -> int | None:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def engine_info(client: docker.DockerClient) -> EngineInfo:
+    with engine_errors("describe itself"):
+        ver = client.version()
+        info = client.info()
+    status = {str(k): str(v) for k, v in (info.get("DriverStatus") or []) if k}
+    containerd = status.get("driver-type", "").startswith("io.containerd.snapshotter")
+    root = str(info.get("DockerRootDir") or "")
+    return EngineInfo(
+        version=str(ver.get("Version", "?")), api_version=str(ver.get("ApiVersion", "0")),
+        os=str(info.get("OSType", "?")), arch=str(info.get("Architecture", "?")), driver=str(info.get("Driver", "?")),
+        image_store="containerd" if containerd else "graphdriver", data_root=root,
+        free_bytes=free_bytes(root) if root and _is_local() and os.path.isdir(root) else None)
+
+
+def preflight(client: docker.DockerClient, need_bytes: int = 0) -> EngineInfo:
+    """API version, image store kind and free space in the data root, before anything is sent."""
+    info = engine_info(client)
+    if _version_tuple(info.api_version) < _version_tuple(MIN_API_VERSION):
+        raise EngineError(f"the Docker engine at {engine_name()} speaks API {info.api_version} (Engine {info.version});"
+                          f" this importer needs API {MIN_API_VERSION} (Engine 20.10) or newer",
+                          "Upgrade Docker Engine on this host (it can come from your OS packages), then run again.")
+    if info.image_store == "containerd":
+        raise EngineError(
+            f"the Docker engine at {engine_name()} uses the containerd image store, where image IDs are manifest "
+            "digests rather than the config digests this bundle pins, so a load could not be proven",
+            "Use an engine with the classic overlay2 store (set \"features\": {\"containerd-snapshotter\": false} in "
+            "/etc/docker/daemon.json and restart it), then run again.")
+    need = SPACE_FACTOR * need_bytes
+    if need and info.free_bytes is not None and info.free_bytes < need:
+        raise DiskSpaceError(
+            f"the engine's data root {info.data_root} has {_h(info.free_bytes)} free; loading "
+            f"{_h(need_bytes)} of image data needs about {_h(need)} ({SPACE_FACTOR}x: the engine unpacks, "
+            "then registers)",
+            f"Free at least {_h(need - info.free_bytes)} there (e.g. `docker image prune`), then run again.")
+    return info
+
+
+def _h(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+human_size = _h
+
+
+@dataclass
+class HostImage:
+    id: str
+    tags: list[str]
+    diff_ids: list[str]
+
+
+@dataclass
+class HostImages:
+    """Every image the engine holds, by ID, with its tags and layer diff_ids."""
+
+    images: dict[str, HostImage] = field(default_factory=dict)
+
+    @classmethod
+    def scan(cls, client: docker.DockerClient) -> "HostImages":
+        out = cls()
+        with engine_errors("list its images"):
+            for summary in client.api.images(all=True):
+                try:
+                    data = client.api.inspect_image(summary["Id"])
+                except docker.errors.NotFound:
+                    continue  # removed meanwhile
+                tags = [t for t in (data.get("RepoTags") or []) if t != "<none>:<none>"]
+                layers = list((data.get("RootFS") or {}).get("Layers") or [])
+                out.images[data["Id"]] = HostImage(data["Id"], sorted(tags), layers)
+        return out
+
+    def chains(self) -> set[tuple[str, ...]]:
+        return chain_prefixes(img.diff_ids for img in self.images.values())
+
+
+def chain_prefixes(layer_lists: Iterable[Sequence[str]]) -> set[tuple[str, ...]]:
+    """Every prefix of every layer list: the layer chains (ChainIDs) an engine holds."""
+    out: set[tuple[str, ...]] = set()
+    for layers in layer_lists:
+        for k in range(1, len(layers) + 1):
+            out.add(tuple(layers[:k]))
+    return out
+
+
+def image_id(client: docker.DockerClient, ref: str) -> str | None:
+    """The ID ``ref`` resolves to on the engine, or None."""
+    with engine_errors(f"inspect {ref}"):
+        try:
+            return str(client.api.inspect_image(ref)["Id"])
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.NotFound:
+            return None
+
+
+def inspect(client: docker.DockerClient, ref: str) -> dict[str, Any] | None:
+    with engine_errors(f"inspect {ref}"):
+        try:
+            return client.api.inspect_image(ref)
+        except docker.errors.NotFound:
+            return None
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """``"host:5000/a/b:tag"`` -> ``("host:5000/a/b", "tag")`` (references are always name:tag here)."""
+    repo, _, tag = ref.rpartition(":")
+    return repo, tag

@@ -1,0 +1,144 @@
+"""The importer's own files inside a Toolkit folder: lock, journal, audit log.
+
+``<toolkit>/.overleaf-airgap/``
+  ``lock``        flock()ed while an upgrade/rollback runs (released by the kernel on any exit)
+  ``journal.json`` where the upgrade is: plan, per-step status and phase (atomic rewrite)
+  ``audit.log``   append-only JSON lines: time, bundle id, action, result (for change records)
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from manifests.atomic import atomic_write_bytes
+from manifests.bundle import iso, utc_now
+from manifests.errors import ToolkitError
+
+STATE_DIR = ".overleaf-airgap"
+JOURNAL_SCHEMA = 1
+
+
+def state_dir(toolkit: Path) -> Path:
+    return Path(toolkit) / STATE_DIR
+
+
+class ToolkitLock:
+    """An exclusive, non-blocking lock on one Toolkit folder."""
+
+    def __init__(self, toolkit: Path) -> None:
+        self.path = state_dir(toolkit) / "lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "ToolkitLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise ToolkitError(f"another overleaf-import run is working on this Toolkit ({self.path} is locked)",
+                               "Wait for it to finish; `overleaf-import status --toolkit DIR` shows where it is.") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+class Audit:
+    def __init__(self, toolkit: Path, bundle_id: str | None) -> None:
+        self.path = state_dir(toolkit) / "audit.log"
+        self.bundle_id = bundle_id
+
+    def record(self, action: str, result: str, **detail: Any) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"time": iso(utc_now()), "bundle": self.bundle_id, "action": action,
+                           "result": result, **detail}, sort_keys=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+@dataclass
+class Journal:
+    """Where an upgrade stands. Written atomically after every change of a step's status or phase."""
+
+    toolkit: Path
+    bundle_id: str
+    plan: dict[str, Any]
+    start_version: str
+    started: str
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    backups: list[dict[str, Any]] = field(default_factory=list)
+    finished: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return state_dir(self.toolkit) / "journal.json"
+
+    @classmethod
+    def new(cls, toolkit: Path, bundle_id: str, plan: dict[str, Any], start_version: str) -> "Journal":
+        j = cls(Path(toolkit), bundle_id, plan, start_version, iso(utc_now()))
+        for s in plan["steps"]:
+            j.steps[s["id"]] = {"status": "pending", "phases": []}
+        return j
+
+    @classmethod
+    def load(cls, toolkit: Path) -> "Journal | None":
+        path = state_dir(toolkit) / "journal.json"
+        if not path.exists():
+            return None
+        try:
+            d = json.loads(path.read_text("utf-8"))
+            if d.get("schema") != JOURNAL_SCHEMA:
+                raise ValueError(f"schema {d.get('schema')!r}")
+            return cls(Path(toolkit), d["bundle_id"], d["plan"], d["start_version"], d["started"],
+                       d["steps"], d.get("backups", []), d.get("finished"))
+        except (OSError, ValueError, KeyError) as exc:
+            raise ToolkitError(f"the upgrade journal {path} is unreadable: {exc}",
+                               "Restore it from the audit log's record or move it away to start over.") from exc
+
+    def save(self) -> None:
+        d = {"schema": JOURNAL_SCHEMA, "bundle_id": self.bundle_id, "plan": self.plan,
+             "start_version": self.start_version, "started": self.started, "steps": self.steps,
+             "backups": self.backups, "finished": self.finished}
+        atomic_write_bytes(self.path, (json.dumps(d, indent=2, sort_keys=True) + "\n").encode())
+
+    # --- step bookkeeping -----------------------------------------------------------
+    def status(self, step_id: str) -> str:
+        return self.steps[step_id]["status"]
+
+    def has_phase(self, step_id: str, phase: str) -> bool:
+        return phase in self.steps[step_id]["phases"]
+
+    def mark_phase(self, step_id: str, phase: str) -> None:
+        if phase not in self.steps[step_id]["phases"]:
+            self.steps[step_id]["phases"].append(phase)
+            self.save()
+
+    def set_status(self, step_id: str, status: str, note: str | None = None) -> None:
+        entry = self.steps[step_id]
+        entry["status"] = status
+        entry[{"running": "started", "done": "finished"}.get(status, "updated")] = iso(utc_now())
+        if note is not None:
+            entry["note"] = note
+        self.save()
+
+    def next_step(self) -> dict[str, Any] | None:
+        for s in self.plan["steps"]:
+            if self.steps[s["id"]]["status"] != "done":
+                return s
+        return None
+
+    def done_count(self) -> int:
+        return sum(1 for s in self.steps.values() if s["status"] == "done")

@@ -1,0 +1,359 @@
+"""Verify a bundle folder: signature first, then expiry and anti-rollback, then every byte.
+
+The order is :mod:`manifests.trust`'s (this module only feeds it bytes): nothing in
+``manifest.json`` is read before its signature checked out against a trusted key.
+Then every part and file the manifest lists is located (in the bundle folder or in
+the ``--parts-from`` folders, one per disc), its size compared and its sha256
+computed, several files at once (``hashlib`` releases the GIL). Every problem is
+collected, so one run names *every* missing, damaged, truncated or unexpected file.
+
+    folders = BundleFolders(Path("/media/disc1"), [Path("/media/disc2")])
+    vb = verify_bundle(folders, load_trusted([]), HostState.load(), now=utc_now())
+    vb.manifest.images, vb.report.bytes
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from manifests.bundle import MANIFEST_NAME, PAYLOAD_PREFIX, PUBKEY_NAME, README_NAME, SIGNATURE_NAME, BundleManifest, FileRef
+from manifests.errors import IntegrityError, KeyError_, SignatureError
+from manifests.signing import key_id, load_public_key
+from manifests.trust import Accepted, acceptance, verify_manifest
+
+from .hoststate import HostState, TrustedKeys
+
+READ_SIZE = 1024 * 1024
+ALLOWED_UNLISTED = frozenset({MANIFEST_NAME, SIGNATURE_NAME, PUBKEY_NAME, README_NAME})
+# folders that file systems and desktops create on removable media; never read, never reported
+FS_ARTEFACTS = frozenset({"lost+found", "System Volume Information", "$RECYCLE.BIN", ".Trashes",
+                          ".Spotlight-V100", ".fseventsd"})
+
+Ask = Callable[[list[str]], "Path | None"]
+
+
+def safe_path(folder: Path, name: str) -> Path:
+    """``folder/name``, refusing any name that leaves ``folder`` (``..``, absolute, or a symlink out)."""
+    if not name or name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in name.split("/")):
+        raise IntegrityError(f"the manifest names a file {name!r} outside the bundle folder",
+                             "The bundle is malformed: do not use it; ask its builder for a new one.")
+    root = folder.resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root):
+        raise IntegrityError(f"{name} in {folder} leads outside that folder (to {path})",
+                             f"Replace the link {folder / name} with the real file from the original media.")
+    return path
+
+
+class BundleFolders:
+    """Where a bundle's files are: the bundle folder first, then each ``--parts-from`` folder in order.
+
+    ``ask(missing_names)`` (interactive runs only) returns another folder to search
+    (the next disc), or None to give up.
+    """
+
+    def __init__(self, bundle_dir: Path, parts_from: Sequence[Path] = (), ask: Ask | None = None) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.folders: list[Path] = [self.bundle_dir, *[Path(p) for p in parts_from]]
+        self.ask = ask
+        self.found: dict[str, Path] = {}
+
+    def add(self, folder: Path) -> None:
+        folder = Path(folder)
+        if folder not in self.folders:
+            self.folders.append(folder)
+
+    def find(self, ref: FileRef) -> Path | None:
+        """The first copy of ``ref`` with the right size, else the first copy at all, else None."""
+        candidates = []
+        for folder in self.folders:
+            path = safe_path(folder, ref.name)
+            if path.is_file():
+                candidates.append(path)
+                if path.stat().st_size == ref.size:
+                    return path
+        return candidates[0] if candidates else None
+
+    def locate_for_reading(self, refs: Sequence[FileRef]) -> Callable[[str], Path]:
+        """A ``locate(name)`` for :class:`manifests.payload.PartReader`: asks for the next disc if needed."""
+        by_name = {r.name: r for r in refs}
+
+        def locate(name: str) -> Path:
+            ref = by_name[name]
+            while True:
+                known = self.found.get(name)
+                if known is not None and known.is_file() and known.stat().st_size == ref.size:
+                    return known
+                path = self.find(ref)
+                if path is not None:
+                    self.found[name] = path
+                    return path
+                folder = self.ask([name]) if self.ask else None
+                if folder is None:
+                    return self.bundle_dir / name  # PartReader reports it as unreadable
+                self.add(folder)
+
+        return locate
+
+
+@dataclass
+class Problem:
+    name: str
+    kind: str          # missing | size | sha256 | unexpected | unsafe
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "problem": self.kind, "detail": self.detail}
+
+
+@dataclass
+class CheckReport:
+    checked: dict[str, Path] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class VerifiedBundle:
+    manifest: BundleManifest
+    manifest_bytes: bytes
+    signer: str
+    warnings: list[str]
+    report: CheckReport
+    folders: BundleFolders
+    accepted: Accepted
+    recorded: bool
+
+
+def hash_file(path: Path, on_bytes: Callable[[int], None] | None = None, read_size: int = READ_SIZE) -> tuple[int, str]:
+    """(size, sha256 hex) of a file, read in ``read_size`` blocks into one reused buffer."""
+    h = hashlib.sha256()
+    buf = bytearray(read_size)
+    view = memoryview(buf)
+    total = 0
+    with open(path, "rb", buffering=0) as fh:
+        try:
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except (AttributeError, OSError):
+            pass
+        while True:
+            n = fh.readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])
+            total += n
+            if on_bytes:
+                on_bytes(n)
+    return total, h.hexdigest()
+
+
+def hash_workers() -> int:
+    return min(4, max(2, os.cpu_count() or 2))
+
+
+def check_contents(manifest: BundleManifest, folders: BundleFolders,
+                   on_bytes: Callable[[int], None] | None = None, workers: int | None = None) -> CheckReport:
+    """Size and sha256 of every part and file; every unexpected file. Never raises for a bad file."""
+    report = CheckReport()
+    start = time.monotonic()
+    lock = threading.Lock()
+
+    def count(n: int) -> None:
+        with lock:
+            report.bytes += n
+            if on_bytes:
+                on_bytes(n)
+
+    def check(ref: FileRef, path: Path) -> Problem | None:
+        size = path.stat().st_size
+        if size != ref.size:
+            how = "truncated" if size < ref.size else "too long"
+            return Problem(ref.name, "size", f"{how}: {size} bytes at {path}, the manifest says {ref.size}")
+        got_size, digest = hash_file(path, count)
+        if got_size != ref.size:
+            return Problem(ref.name, "size", f"changed while it was read: {got_size} bytes at {path}")
+        if digest != ref.sha256:
+            return Problem(ref.name, "sha256", f"damaged or altered: its sha256 at {path} does not match the manifest")
+        return None
+
+    pending: list[FileRef] = list(manifest.parts) + list(manifest.files)
+    unsafe: list[Problem] = []
+    missing: list[FileRef] = []
+    with ThreadPoolExecutor(max_workers=workers or hash_workers(), thread_name_prefix="hash") as pool:
+        while pending:
+            located: list[tuple[FileRef, Path]] = []
+            missing = []
+            for ref in pending:
+                try:
+                    path = folders.find(ref)
+                except IntegrityError as err:
+                    unsafe.append(Problem(ref.name, "unsafe", err.message))
+                    continue
+                if path is None:
+                    missing.append(ref)
+                else:
+                    located.append((ref, path))
+            # biggest first, so that one big part does not finish alone at the end
+            located.sort(key=lambda rp: -rp[0].size)
+            futures = [(ref, path, pool.submit(check, ref, path)) for ref, path in located]
+            for ref, path, fut in futures:
+                try:
+                    problem = fut.result()
+                except OSError as exc:
+                    problem = Problem(ref.name, "missing", f"cannot be read at {path}: {exc.strerror}")
+                if problem is None:
+                    report.checked[ref.name] = path
+                    folders.found[ref.name] = path
+                else:
+                    report.problems.append(problem)
+            pending = []
+            if missing and folders.ask is not None:
+                folder = folders.ask([r.name for r in missing])
+                if folder is not None:
+                    folders.add(folder)
+                    pending = missing
+    where = " or ".join(str(f) for f in folders.folders)
+    report.problems += unsafe
+    report.problems += [Problem(r.name, "missing", f"not found in {where}") for r in missing]
+    report.problems += unexpected_files(manifest, folders)
+    report.seconds = time.monotonic() - start
+    order = {r.name: i for i, r in enumerate(list(manifest.parts) + list(manifest.files))}
+    report.problems.sort(key=lambda p: (order.get(p.name, len(order)), p.name))
+    return report
+
+
+def unexpected_files(manifest: BundleManifest, folders: BundleFolders) -> list[Problem]:
+    """Files in the bundle folder the manifest does not list (and stray ``payload.*`` in other folders)."""
+    listed = {r.name for r in manifest.parts} | {r.name for r in manifest.files}
+    allowed = listed | ALLOWED_UNLISTED
+    problems = []
+    root = folders.bundle_dir
+    if root.is_dir():
+        for dirpath, dirnames, filenames in os.walk(root):
+            rel_dir = Path(dirpath).relative_to(root)
+            if rel_dir == Path("."):
+                dirnames[:] = [d for d in dirnames if d not in FS_ARTEFACTS]
+            for name in sorted(filenames) + sorted(d for d in dirnames if os.path.islink(os.path.join(dirpath, d))):
+                rel = (rel_dir / name).as_posix()
+                if rel not in allowed:
+                    problems.append(Problem(rel, "unexpected", f"{Path(dirpath) / name} is not part of this bundle"))
+    for folder in folders.folders[1:]:
+        if folder == root or not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith(PAYLOAD_PREFIX) and path.name not in listed:
+                problems.append(Problem(path.name, "unexpected", f"{path} is not part of this bundle"))
+    return problems
+
+
+def integrity_error(report: CheckReport) -> IntegrityError:
+    lines = [f"  {p.name}: {p.detail}" for p in report.problems]
+    n = len(report.problems)
+    recopy = [p.name for p in report.problems if p.kind in ("missing", "size", "sha256")]
+    remove = [p.name for p in report.problems if p.kind == "unexpected"]
+    hints = []
+    if recopy:
+        hints.append("copy again from the original media: " + ", ".join(recopy))
+    if remove:
+        hints.append("remove what is not part of the bundle (or copy the bundle into a clean folder): "
+                     + ", ".join(remove))
+    if any(p.kind == "unsafe" for p in report.problems):
+        hints.append("replace links that point outside the bundle folder with the real files")
+    err = IntegrityError(f"the bundle has {n} problem{'s' if n != 1 else ''}:\n" + "\n".join(lines),
+                         "; ".join(hints).capitalize() + ".")
+    err.details = {"problems": [p.to_dict() for p in report.problems]}  # type: ignore[attr-defined]
+    return err
+
+
+def read_signed_manifest(bundle_dir: Path) -> tuple[bytes, bytes | None]:
+    manifest_path = safe_path(bundle_dir, MANIFEST_NAME)
+    try:
+        data = manifest_path.read_bytes()
+    except FileNotFoundError:
+        raise IntegrityError(f"{bundle_dir} holds no {MANIFEST_NAME}: is it a bundle folder?",
+                             "Pass the folder that holds manifest.json (the first disc of the bundle).") from None
+    except OSError as exc:
+        raise IntegrityError(f"cannot read {manifest_path}: {exc.strerror}") from exc
+    try:
+        sig = safe_path(bundle_dir, SIGNATURE_NAME).read_bytes()
+    except FileNotFoundError:
+        sig = None
+    return data, sig
+
+
+def _untrusted_hint(bundle_dir: Path, trusted: TrustedKeys) -> str:
+    """Which key the bundle's own (informational) signing-key.pub is, next to the keys trusted here."""
+    try:
+        shipped = key_id(load_public_key(safe_path(bundle_dir, PUBKEY_NAME)))
+    except (KeyError_, IntegrityError):
+        shipped = None
+    text = f"Trusted here: {trusted.describe()}."
+    if shipped:
+        text += (f" The bundle's {PUBKEY_NAME} is {shipped}; trust it only if its builder confirms that id "
+                 f"over another channel.")
+    return text
+
+
+def verify_bundle(folders: BundleFolders, trusted: TrustedKeys, state: HostState, *, now: datetime,
+                  allow_expired: bool = False, allow_downgrade: bool = False,
+                  on_bytes: Callable[[int], None] | None = None,
+                  on_manifest: Callable[[BundleManifest, list[str]], None] | None = None) -> VerifiedBundle:
+    """The full check; records the bundle in ``state`` only when everything passed."""
+    data, sig = read_signed_manifest(folders.bundle_dir)
+    if not trusted.keys:
+        where = f"the trust folder {trusted.folder}" if trusted.folder else "--trust"
+        raise SignatureError(f"no trusted public keys: {where} holds no usable .pub file",
+                             "Pass --trust PUBKEY, or copy the signer's .pub file into the trust folder "
+                             "(OVERLEAF_AIRGAP_TRUST_DIR overrides its location).")
+    # The manifest names its key id, but it is read only after the signature verified: try every trusted key.
+    try:
+        manifest, warnings = _verify(data, sig, trusted, state, now, allow_expired, allow_downgrade)
+    except SignatureError as err:
+        if sig is not None and len(sig) == 64:
+            raise SignatureError(err.message, f"{err.hint} {_untrusted_hint(folders.bundle_dir, trusted)}") from None
+        raise
+    if on_manifest:
+        on_manifest(manifest, warnings)
+    report = check_contents(manifest, folders, on_bytes)
+    if report.problems:
+        raise integrity_error(report)
+    accepted = acceptance(data, manifest, now)
+    recorded = state.record(manifest.product_key, accepted)
+    return VerifiedBundle(manifest, data, manifest.key_id, warnings, report, folders, accepted, recorded)
+
+
+def _verify(data: bytes, sig: bytes | None, trusted: TrustedKeys, state: HostState, now: datetime,
+            allow_expired: bool, allow_downgrade: bool) -> tuple[BundleManifest, list[str]]:
+    """verify_manifest with the right Accepted: the product key comes from the (verified) manifest itself."""
+    # First pass without anti-rollback: signature, schema, expiry. It raises before anything is trusted.
+    manifest, _ = verify_manifest(data, sig, trusted.keys, now=now, accepted=None,
+                                  allow_expired=allow_expired, allow_downgrade=allow_downgrade)
+    return verify_manifest(data, sig, trusted.keys, now=now, accepted=state.get(manifest.product_key),
+                           allow_expired=allow_expired, allow_downgrade=allow_downgrade)
+
+
+def summary(vb: VerifiedBundle) -> dict:
+    m = vb.manifest
+    return {
+        "bundle_id": m.bundle_id, "product_key": m.product_key, "from_version": m.from_version,
+        "to_version": m.to_version, "sequence": m.sequence, "created": m.created, "expires": m.expires,
+        "key_id": m.key_id, "images": [i.ref for i in m.images], "parts": len(m.parts), "files": len(m.files),
+        "payload_size": m.payload_size, "delta": bool(m.delta),
+    }
+
+
+def describe_missing(names: Iterable[str]) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)} files)"
