@@ -23,7 +23,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from manifests.errors import AirgapError, EngineError, RegistryError
+from manifests.errors import AirgapError, DiskSpaceError, EngineError, RegistryError
 
 DOCKER_HUB = "docker.io"
 _HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
@@ -250,7 +250,7 @@ class Puller:
         except docker.errors.DockerException as exc:
             raise EngineError(f"the engine failed to inspect {ref}: {_short(exc)}") from exc
 
-    def _describe(self, ref: str, img, source: str, pulled_from: str | None) -> PulledImage:
+    def describe(self, ref: str, img, source: str, pulled_from: str | None) -> PulledImage:
         attrs = img.attrs
         if not platform_matches(self.platform, attrs):
             raise RegistryError(
@@ -278,7 +278,7 @@ class Puller:
                 f"{ref} is not in the local engine" + self._steps(ref),
                 "The plan takes this image from the online engine (it is built locally, not published): "
                 "build and tag it there first, then run the build again.")
-        return self._describe(ref, img, "local", None)
+        return self.describe(ref, img, "local", None)
 
     def pull(self, ref: str, on_status: Callable[[dict], None] | None = None) -> PulledImage:
         """Pull ``ref`` through the mirrors, tag it ``ref``, return what the engine now has."""
@@ -312,22 +312,31 @@ class Puller:
             except docker.errors.DockerException as exc:
                 raise EngineError(f"cannot tag {source} as {ref}: {_short(exc)}") from exc
             img = self.local(ref)
-        return self._describe(ref, img, "registry", source)
+        return self.describe(ref, img, "registry", source)
 
     def _steps(self, ref: str) -> str:
         steps = self.needed_by(ref)
         return f", needed by plan step(s) {steps}" if steps else ""
 
-    def _classify(self, ref: str, source: str, text: str) -> RegistryError:
+    def _classify(self, ref: str, source: str, text: str) -> AirgapError:
         low = text.lower()
         host = normalize(source).domain
+        if "no space left" in low:
+            return DiskSpaceError(f"the Docker engine ran out of disk space while pulling {source}: {text}",
+                                  "Free space in the engine's data root (`docker system df`, `docker image prune`), "
+                                  "then run the same build again.")
         if any(k in low for k in _MISSING) and not any(k in low for k in ("dial tcp", "connection refused")):
-            hint = (f"Put {ref} into the registry (or mirror) as {source}, or fix --mirror. ")
+            hint = (f"Put {ref} into the registry (or mirror) as {source}, or fix --mirror"
+                    + (f" (for a private repository: `docker login {host}`). " if "denied" in low else ". "))
             if self.local(ref) is not None:
                 hint += ("It exists in the local engine, but only images the plan marks as local "
                          "(-with-texlive-full builds) are taken from there.")
             return MissingImageError(f"the registry has no image {source}" + (f" (for {ref})" if source != ref else "")
                                      + self._steps(ref) + f": {text}", hint.strip())
+        if "toomanyrequests" in low or "rate limit" in low:
+            return RegistryError(f"the registry {host} refused {source} for now (rate limit): {text}",
+                                 f"Wait, log in (`docker login {host}`: logged-in users get more pulls), or pull "
+                                 "through a mirror (--mirror).")
         if any(k in low for k in _DENIED):
             return RegistryError(f"the registry {host} refused {source}{self._steps(ref)}: {text}",
                                  f"Log in with `docker login {host}` (the bundler uses the same credentials), "

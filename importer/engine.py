@@ -33,18 +33,23 @@ def engine_name() -> str:
     return os.environ.get("DOCKER_HOST") or DEFAULT_HOST
 
 
+_REASONS = (  # what docker-py / requests say -> what it means for the admin
+    ("FileNotFoundError", "the socket does not exist"),
+    ("No such file or directory", "the socket does not exist"),
+    ("ConnectionRefusedError", "nothing listens on the socket"),
+    ("Connection refused", "nothing listens on the socket"),
+    ("PermissionError", "permission denied on the socket (run as root or as a member of the docker group)"),
+    ("Read timed out", "the engine did not answer in time"),
+    ("Connection reset", "the engine closed the connection"),
+    ("Connection aborted", "the connection was aborted"),
+)
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc)
-    for marker in ("FileNotFoundError", "ConnectionRefusedError", "No such file or directory", "Connection refused",
-                   "Connection aborted", "Read timed out", "Connection reset"):
+    for marker, meaning in _REASONS:
         if marker in text:
-            return {"FileNotFoundError": "the socket does not exist",
-                    "No such file or directory": "the socket does not exist",
-                    "ConnectionRefusedError": "nothing listens on the socket",
-                    "Connection refused": "nothing listens on the socket",
-                    "Connection aborted": "the connection was aborted",
-                    "Read timed out": "the engine did not answer in time",
-                    "Connection reset": "the engine closed the connection"}[marker]
+            return meaning
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
@@ -199,23 +204,19 @@ def chain_prefixes(layer_lists: Iterable[Sequence[str]]) -> set[tuple[str, ...]]
     return out
 
 
-def image_id(client: docker.DockerClient, ref: str) -> str | None:
-    """The ID ``ref`` resolves to on the engine, or None."""
-    with engine_errors(f"inspect {ref}"):
-        try:
-            return str(client.api.inspect_image(ref)["Id"])
-        except docker.errors.ImageNotFound:
-            return None
-        except docker.errors.NotFound:
-            return None
-
-
 def inspect(client: docker.DockerClient, ref: str) -> dict[str, Any] | None:
+    """``docker image inspect ref``, or None when there is no such image."""
     with engine_errors(f"inspect {ref}"):
         try:
             return client.api.inspect_image(ref)
         except docker.errors.NotFound:
             return None
+
+
+def image_id(client: docker.DockerClient, ref: str) -> str | None:
+    """The ID ``ref`` resolves to on the engine, or None."""
+    data = inspect(client, ref)
+    return str(data["Id"]) if data is not None else None
 
 
 def split_ref(ref: str) -> tuple[str, str]:

@@ -166,7 +166,7 @@ def check_member(member: tarfile.TarInfo, by_path: dict[str, BlobEntry]) -> Blob
 
 
 class _VerifyingReader:
-    """Reads exactly ``blob.size`` bytes of a blob's content, hashing it; ``finish()`` checks digest and end."""
+    """A blob's content, at most ``blob.size`` bytes, hashed as it passes; ``finish()`` checks digest and end."""
 
     def __init__(self, src: IO[bytes], blob: BlobEntry) -> None:
         self.src = src
@@ -174,23 +174,13 @@ class _VerifyingReader:
         self.hash = hashlib.sha256()
         self.left = blob.size
 
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            n = self.left
-        n = min(n, self.left)
-        parts = []
-        while n > 0:
-            chunk = self.src.read(n)
-            if not chunk:
-                break
-            parts.append(chunk)
-            n -= len(chunk)
-        data = b"".join(parts)
-        self.hash.update(data)
-        self.left -= len(data)
-        if n > 0:  # the content ended early
+    def read(self, n: int) -> bytes:
+        data = self.src.read(min(n, self.left)) if self.left else b""
+        if not data and self.left:
             raise IntegrityError(f"blob {self.blob.digest} ends {self.left} bytes early (the manifest says "
                                  f"{self.blob.size} bytes)", "The bundle is malformed: ask its builder for a new one.")
+        self.hash.update(data)
+        self.left -= len(data)
         return data
 
     def finish(self) -> None:
@@ -202,16 +192,48 @@ class _VerifyingReader:
                                  "The bundle is damaged or altered: ask its builder for a new one.")
 
 
+class ArchiveWriter:
+    """A tar stream written member by member without extra copies (``tarfile`` only makes the headers).
+
+    After ``aborted`` is set it writes nothing more, so a cut stream stays cut: the engine
+    never sees a tidy end of an archive that lacks ``manifest.json``.
+    """
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.aborted = False
+
+    def _write(self, data: bytes) -> None:
+        if not self.aborted:
+            self.out.write(data)
+
+    def add(self, name: str, size: int, read: Callable[[int], bytes]) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = size, 0o644, 0
+        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        left = size
+        while left:
+            chunk = read(min(CHUNK, left))
+            if not chunk:
+                raise IntegrityError(f"{name} ended {left} bytes early")
+            self._write(chunk)
+            left -= len(chunk)
+        if size % tarfile.BLOCKSIZE:
+            self._write(tarfile.NUL * (tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE))
+
+    def close(self) -> None:
+        self._write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+
+
 def write_archive(out: IO[bytes], vb: VerifiedBundle, plan: LoadPlan, on_bytes: Callable[[int], None] | None) -> None:
     """The whole docker-archive for ``plan.load``, read from the payload, into ``out``."""
     manifest = vb.manifest
     by_path = {b.path: b for b in manifest.blobs}
     dctx = zstandard.ZstdDecompressor()
     reader = PartReader(manifest.parts, vb.folders.locate_for_reading(manifest.parts), on_bytes=on_bytes)
+    archive = ArchiveWriter(out)
     try:
         payload = tarfile.open(fileobj=reader, mode="r|", bufsize=CHUNK)
-        archive = tarfile.open(fileobj=out, mode="w|", bufsize=CHUNK, format=tarfile.PAX_FORMAT)
-        archive.copybufsize = CHUNK
         seen: set[str] = set()
         for member in payload:
             blob = check_member(member, by_path)
@@ -224,9 +246,7 @@ def write_archive(out: IO[bytes], vb: VerifiedBundle, plan: LoadPlan, on_bytes: 
             if blob.encoding == "zstd":
                 src = dctx.stream_reader(src, read_size=CHUNK, closefd=False)  # type: ignore[assignment]
             content = _VerifyingReader(src, blob)
-            info = tarfile.TarInfo(archive_name(blob))
-            info.size, info.mode, info.mtime = blob.size, 0o644, 0
-            archive.addfile(info, content)  # type: ignore[arg-type]
+            archive.add(archive_name(blob), blob.size, content.read)
             content.finish()
         while reader.read(CHUNK):  # the end-of-archive padding: PartReader checks the last part at its end
             pass
@@ -234,11 +254,12 @@ def write_archive(out: IO[bytes], vb: VerifiedBundle, plan: LoadPlan, on_bytes: 
         if absent:
             raise IntegrityError(f"the payload lacks {len(absent)} blob(s) the manifest lists: " + ", ".join(absent[:5]),
                                  "The bundle is malformed: ask its builder for a new one.")
-        data = archive_manifest(plan.load)
-        info = tarfile.TarInfo("manifest.json")
-        info.size, info.mode, info.mtime = len(data), 0o644, 0
-        archive.addfile(info, io.BytesIO(data))
+        data = io.BytesIO(archive_manifest(plan.load))
+        archive.add("manifest.json", len(data.getvalue()), data.read)
         archive.close()
+    except BaseException:
+        archive.aborted = True
+        raise
     finally:
         reader.close()
 
@@ -258,6 +279,11 @@ def stream_load(client: docker.DockerClient, vb: VerifiedBundle, plan: LoadPlan,
                 on_bytes: Callable[[int], None] | None = None) -> list[str]:
     """Send the archive; return the engine's messages; raise on any error from either side."""
     rfd, wfd = os.pipe()
+    try:  # a 1 MiB pipe (Linux): fewer wake-ups between the writer thread and the upload
+        import fcntl
+        fcntl.fcntl(wfd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_READ)
+    except OSError:
+        pass
     failed: list[BaseException] = []
 
     def writer() -> None:
@@ -305,7 +331,7 @@ def stream_load(client: docker.DockerClient, vb: VerifiedBundle, plan: LoadPlan,
         lost = exc
     finally:
         os.close(rfd)  # a writer still blocked on the pipe now gets EPIPE and stops
-        thread.join()
+        thread.join(timeout=30)  # (one waiting at a "next disc" prompt is left behind: it is a daemon thread)
     cause = next((e for e in failed if not isinstance(e, BrokenPipeError)), None)
     if cause is not None:
         raise cause  # the bundle's fault (IntegrityError...) comes first: the engine only saw a cut stream

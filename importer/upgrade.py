@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import secrets
 import subprocess
 import time
@@ -236,8 +237,10 @@ class Upgrader:
 
     def expected_stack(self) -> dict[str, str | None]:
         cfg = self.cfg
-        out: dict[str, str | None] = {"sharelatex": None, "mongo": f"{cfg.mongo_image}:{cfg.mongo_version}",
-                                      "redis": None}
+        mongo = cfg.rc.get("MONGO_IMAGE", "mongo")
+        if not cfg.mongo_legacy_form and cfg.rc.get("MONGO_VERSION"):
+            mongo = f"{mongo}:{cfg.rc['MONGO_VERSION']}"
+        out: dict[str, str | None] = {"sharelatex": None, "mongo": mongo, "redis": cfg.rc.get("REDIS_IMAGE")}
         if cfg.git_bridge:
             out["git-bridge"] = None
         if cfg.tls_proxy:
@@ -283,7 +286,9 @@ class Upgrader:
 
     def mongo_eval(self, shell: str, js: str, *, check: bool = True) -> str:
         res = self.tk.exec_argv("mongo", [shell, "--quiet", "--eval", js])
-        if check and res.code != 0:
+        # the legacy `mongo` shell may exit 0 while the command answered ok: 0
+        refused = re.search(r"""["']?ok["']?\s*:\s*0(?:\.0)?\b""", res.output) is not None
+        if check and (res.code != 0 or refused):
             raise StepFailed(f"MongoDB refused `{js}` (exit {res.code}): {res.output.strip()[-500:]}",
                              "Check `bin/logs mongo`; fix the cause and run the upgrade again with --resume.")
         return res.output
@@ -488,6 +493,12 @@ def preflight(ctx: Context, plan: dict, journal: Journal | None, present: Callab
         except OSError as exc:
             problems.append(f"cannot use the backup folder {dest}: {exc.strerror}")
     return problems
+
+
+def rc_needs_rename(toolkit: Path) -> bool:
+    """An old overleaf.rc with SHARELATEX_ keys: every bin/ command refuses it (facts 2.5)."""
+    rc = Path(toolkit) / "config" / "overleaf.rc"
+    return rc.exists() and "SHARELATEX_" in rc.read_text("utf-8")
 
 
 def pull_settings_needed(cfg: ToolkitConfig) -> dict[str, str]:

@@ -4,7 +4,8 @@ The order is :mod:`manifests.trust`'s (this module only feeds it bytes): nothing
 ``manifest.json`` is read before its signature checked out against a trusted key.
 Then every part and file the manifest lists is located (in the bundle folder or in
 the ``--parts-from`` folders, one per disc), its size compared and its sha256
-computed, several files at once (``hashlib`` releases the GIL). Every problem is
+computed, several files at once (``hashlib`` releases the GIL; one at a time per
+read-only file system, where a disc would seek between files). Every problem is
 collected, so one run names *every* missing, damaged, truncated or unexpected file.
 
     folders = BundleFolders(Path("/media/disc1"), [Path("/media/disc2")])
@@ -176,12 +177,28 @@ def check_contents(manifest: BundleManifest, folders: BundleFolders,
             if on_bytes:
                 on_bytes(n)
 
+    n_workers = workers or hash_workers()
+    per_device: dict[int, threading.Semaphore] = {}
+
+    def device_slot(path: Path) -> threading.Semaphore:
+        """Several files at once per device, but one at a time from read-only media (discs seek slowly)."""
+        dev = path.stat().st_dev
+        with lock:
+            if dev not in per_device:
+                try:
+                    readonly = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+                except OSError:
+                    readonly = False
+                per_device[dev] = threading.Semaphore(1 if readonly else n_workers)
+            return per_device[dev]
+
     def check(ref: FileRef, path: Path) -> Problem | None:
         size = path.stat().st_size
         if size != ref.size:
             how = "truncated" if size < ref.size else "too long"
             return Problem(ref.name, "size", f"{how}: {size} bytes at {path}, the manifest says {ref.size}")
-        got_size, digest = hash_file(path, count)
+        with device_slot(path):
+            got_size, digest = hash_file(path, count)
         if got_size != ref.size:
             return Problem(ref.name, "size", f"changed while it was read: {got_size} bytes at {path}")
         if digest != ref.sha256:
@@ -191,7 +208,7 @@ def check_contents(manifest: BundleManifest, folders: BundleFolders,
     pending: list[FileRef] = list(manifest.parts) + list(manifest.files)
     unsafe: list[Problem] = []
     missing: list[FileRef] = []
-    with ThreadPoolExecutor(max_workers=workers or hash_workers(), thread_name_prefix="hash") as pool:
+    with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="hash") as pool:
         while pending:
             located: list[tuple[FileRef, Path]] = []
             missing = []
@@ -271,8 +288,11 @@ def integrity_error(report: CheckReport) -> IntegrityError:
                      + ", ".join(remove))
     if any(p.kind == "unsafe" for p in report.problems):
         hints.append("replace links that point outside the bundle folder with the real files")
+    if any(p.kind == "missing" for p in report.problems):
+        hints.append("parts on another disc: pass its folder with --parts-from (or run in a terminal to be asked)")
+    hint = "; ".join(hints)
     err = IntegrityError(f"the bundle has {n} problem{'s' if n != 1 else ''}:\n" + "\n".join(lines),
-                         "; ".join(hints).capitalize() + ".")
+                         hint[:1].upper() + hint[1:] + ".")
     err.details = {"problems": [p.to_dict() for p in report.problems]}  # type: ignore[attr-defined]
     return err
 

@@ -1,0 +1,159 @@
+"""The ``keygen``, ``build`` and ``inspect`` commands of ``overleaf-bundle`` (registered by bundler/cli.py).
+
+Thin: parse options, call :mod:`bundler.keys`, :mod:`bundler.build`,
+:mod:`bundler.inspect_bundle`, print. Errors go through :func:`manifests.console.run`.
+"""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from manifests.bundle import parse_size
+from manifests.console import CTX, emit_json, progress, run, say, warn
+
+from .registry import UsageError
+
+
+def _json_opt() -> bool:
+    return typer.Option(False, "--json", help="Machine-readable output on stdout (same as the global --json).")
+
+
+class _CliReporter:
+    def log(self, msg: str) -> None:
+        say(f"  {msg}")
+
+    def warn(self, msg: str) -> None:
+        warn(msg)
+
+    def bar(self, total, desc: str, unit: str = "B"):
+        return progress(total, desc, unit=unit)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def keygen_cmd(
+    out: Path = typer.Option(..., "--out", help="Private key file to write (the public key goes to OUT.pub)."),
+    passphrase_env: Optional[str] = typer.Option(None, "--passphrase-env", metavar="VAR",
+                                                 help="Read the passphrase from this environment variable."),
+    no_passphrase: bool = typer.Option(False, "--no-passphrase", help="Write the private key unencrypted."),
+    json_out: bool = _json_opt(),
+) -> None:
+    """Make an Ed25519 signing key pair (private key 0600, encrypted with a passphrase)."""
+    CTX.json = CTX.json or json_out
+
+    def go() -> None:
+        from .keys import write_new_key
+
+        priv, pub, kid, encrypted = write_new_key(out, passphrase_env, no_passphrase)
+        if CTX.json:
+            emit_json({"key_id": kid, "private_key": str(priv), "public_key": str(pub), "encrypted": encrypted})
+            return
+        say(f"key id: {kid}")
+        say(f"private key: {priv} ({'encrypted' if encrypted else 'NOT encrypted'}, mode 0600): keep it secret")
+        say(f"public key:  {pub}: give it to the offline admins through a trusted channel")
+    run(go)
+
+
+def build_cmd(
+    from_: str = typer.Option(..., "--from", help="Current Overleaf version on the offline host."),
+    to: str = typer.Option("latest", "--to", help="Target: a version, 'latest' or 'latest-patch'."),
+    edition: str = typer.Option("ce", "--edition", help="ce (Community Edition) or pro (Server Pro)."),
+    git_bridge: bool = typer.Option(False, "--git-bridge", help="Include Server Pro's git-bridge."),
+    tls_proxy: bool = typer.Option(False, "--tls-proxy", help="Include the Toolkit's nginx TLS proxy."),
+    texlive: Optional[List[str]] = typer.Option(None, "--texlive", metavar="IMAGE",
+                                                help="TeX Live image (or YYYY.N), repeatable (Server Pro)."),
+    mongo: Optional[str] = typer.Option(None, "--mongo", help="MongoDB version the host runs now, e.g. 5.0."),
+    redis: Optional[str] = typer.Option(None, "--redis", help="Redis version the host runs now, e.g. 6.2."),
+    allow_rc: bool = typer.Option(False, "--allow-rc", help="Allow release candidates."),
+    key: Path = typer.Option(..., "--key", help="Private signing key (from `overleaf-bundle keygen`)."),
+    passphrase_env: Optional[str] = typer.Option(None, "--passphrase-env", metavar="VAR",
+                                                 help="Read the key's passphrase from this environment variable "
+                                                      "(default: OVERLEAF_AIRGAP_KEY_PASSPHRASE, else ask)."),
+    out: Path = typer.Option(..., "--out", help="Bundle folder to create (must not exist or be empty)."),
+    max_part_size: str = typer.Option("fat32", "--max-part-size", metavar="SIZE",
+                                      help="Largest part: a size (700M, 2G) or fat32 (4 GiB - 1), dvd, bd25."),
+    platform: str = typer.Option("linux/amd64", "--platform", help="Platform of the offline host's images."),
+    mirror: Optional[List[str]] = typer.Option(None, "--mirror", metavar="REGISTRY=HOST[:PORT][/PREFIX]",
+                                               help="Pull REGISTRY's images from a mirror, repeatable; e.g. "
+                                                    "docker.io=127.0.0.1:5000 quay.io=127.0.0.1:5000/quay.io"),
+    toolkit: Optional[Path] = typer.Option(None, "--toolkit", help="Carry this Overleaf Toolkit git checkout."),
+    expires: str = typer.Option("30d", "--expires", metavar="DURATION", help="Validity: 30d, 12h, 2w..."),
+    sequence: Optional[int] = typer.Option(None, "--sequence", help="Bundle sequence number (default: unix time)."),
+    have: Optional[Path] = typer.Option(None, "--have", metavar="RECEIPT",
+                                        help="Receipt of `overleaf-import inventory`: leave out layers the host has."),
+    offline_python: str = typer.Option("3.11", "--offline-python", help="Python version of the offline host."),
+    offline_platform: Optional[List[str]] = typer.Option(
+        None, "--offline-platform", help="Wheel platform of the offline host (default manylinux_2_28_x86_64, i.e. "
+                                         "glibc 2.28+); repeatable."),
+    no_importer: bool = typer.Option(False, "--no-importer", help="Do not carry the importer's wheels."),
+    force: bool = typer.Option(False, "--force", help="Replace a previous bundle in --out (at the very end)."),
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Cache and resume folder "
+                                                                     "(default: OUT.partial beside OUT)."),
+    keep_work: bool = typer.Option(False, "--keep-work", help="Keep the work folder (blob cache) after success."),
+    json_out: bool = _json_opt(),
+) -> None:
+    """Pull, export and pack the plan's images into a signed bundle split into parts."""
+    CTX.json = CTX.json or json_out
+
+    def go() -> None:
+        from .build import DEFAULT_OFFLINE_PLATFORM, BuildOptions, Builder, format_summary, parse_duration
+        from .keys import load_signing_key
+
+        try:
+            part = parse_size(max_part_size)
+        except ValueError as exc:
+            raise UsageError(f"--max-part-size: {exc}") from None
+        opts = BuildOptions(
+            current=from_, target=to, edition=edition, git_bridge=git_bridge, tls_proxy=tls_proxy,
+            texlive=tuple(texlive or ()), mongo=mongo, redis=redis, allow_rc=allow_rc, out=out,
+            max_part_size=part, platform=platform, mirrors=tuple(mirror or ()), toolkit=toolkit,
+            expires=parse_duration(expires), sequence=sequence, have=have, offline_python=offline_python,
+            offline_platforms=tuple(offline_platform or (DEFAULT_OFFLINE_PLATFORM,)), importer=not no_importer,
+            force=force, work_dir=work_dir, keep_work=keep_work)
+        builder = Builder(opts, _CliReporter())
+        plan = builder.check()
+        try:
+            if key.stat().st_mode & 0o077:
+                warn(f"the signing key {key} can be read by other users: chmod 600 it")
+        except OSError:
+            pass   # load_signing_key explains
+        signing_key = load_signing_key(key, passphrase_env)   # before anything is pulled
+        # SIGTERM cleans up like Ctrl-C: the unfinished bundle goes, the cache stays
+        signal.signal(signal.SIGTERM, _interrupt)
+        say(f"Building a bundle for Overleaf {plan.edition} {plan.current} -> {plan.target}: "
+            f"{len(plan.images)} image(s)")
+        summary = builder.run(signing_key)
+        if CTX.json:
+            emit_json(summary)
+        else:
+            say(format_summary(summary))
+    run(go)
+
+
+def inspect_cmd(
+    bundle: Path = typer.Argument(..., help="Bundle folder (or its manifest.json)."),
+    json_out: bool = _json_opt(),
+) -> None:
+    """Show a bundle's steps, images, parts, expiry and key id (signature NOT checked)."""
+    CTX.json = CTX.json or json_out
+
+    def go() -> None:
+        from .inspect_bundle import inspect_bundle, render_inspect
+
+        info = inspect_bundle(bundle)
+        if CTX.json:
+            emit_json(info.to_dict())
+        else:
+            say(render_inspect(info))
+    run(go)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("keygen")(keygen_cmd)
+    app.command("build")(build_cmd)
+    app.command("inspect")(inspect_cmd)

@@ -1,0 +1,260 @@
+"""``overleaf-import``: the offline side. Thin: parse options, call the importer's modules, print.
+
+    overleaf-import verify BUNDLE_DIR [--trust K.pub] [--parts-from DIR ...] [--allow-expired] [--allow-downgrade]
+    overleaf-import load BUNDLE_DIR [same] [--replace-tags]
+    overleaf-import push BUNDLE_DIR --registry HOST:PORT [--insecure] [--keep-tags] [same]
+    overleaf-import inventory --out receipt.json
+
+Every command talks to the engine DOCKER_HOST names (the local one by default).
+Global options ``--verbose`` and ``--json`` come before the command (``--json`` is
+also accepted after it). Expected failures print what is wrong and what to do, and
+exit with the error's code (see manifests/errors.py). More commands (``upgrade``,
+``rollback``, ``status``) register on :data:`app` from their own modules.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+
+from manifests.bundle import BundleManifest, utc_now
+from manifests.errors import BundleError
+from manifests.console import CTX, emit_json, progress, run, say, warn
+
+from . import engine as eng
+from .hoststate import HostState, load_trusted, state_path
+from .verify import BundleFolders, VerifiedBundle, describe_missing, summary, verify_bundle
+
+app = typer.Typer(name="overleaf-import", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False,
+                  help="Verify, load and push signed Overleaf image bundles on an offline host.")
+
+TrustOpt = typer.Option(None, "--trust", metavar="PUBKEY",
+                        help="Trust this Ed25519 public key (.pub, PEM); repeatable. Without it, the *.pub files of "
+                             "the trust folder (/etc/overleaf-airgap/trusted.d, env OVERLEAF_AIRGAP_TRUST_DIR).")
+PartsOpt = typer.Option(None, "--parts-from", metavar="DIR",
+                        help="Another folder holding parts (one per disc); repeatable. In a terminal you are asked "
+                             "for the next disc's folder when a part is missing.")
+ExpiredOpt = typer.Option(False, "--allow-expired", help="Accept a bundle past its expiry date (with a warning).")
+DowngradeOpt = typer.Option(False, "--allow-downgrade",
+                            help="Accept a bundle older than the last one this host accepted (with a warning).")
+JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+BundleArg = typer.Argument(..., metavar="BUNDLE_DIR", help="The bundle folder (the one holding manifest.json).")
+
+
+@app.callback()
+def _global(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show causes of errors (tracebacks)."),
+            json_out: bool = typer.Option(False, "--json", help="Print results as JSON on stdout.")) -> None:
+    CTX.verbose = verbose
+    CTX.json = json_out
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stderr.isatty() and not CTX.json
+
+
+def _ask(missing: list[str]) -> Path | None:
+    say(f"Missing: {describe_missing(missing)}.")
+    answer = click.prompt("Insert the next disc and type the folder that holds these parts (empty: stop)",
+                          default="", show_default=False, err=True).strip()
+    return Path(answer).expanduser() if answer else None
+
+
+def _verified(bundle_dir: Path, trust: Optional[List[Path]], parts_from: Optional[List[Path]],
+              allow_expired: bool, allow_downgrade: bool) -> VerifiedBundle:
+    trusted = load_trusted(trust or [])
+    for message in trusted.skipped:
+        warn(f"ignored in the trust folder: {message}")
+    state = HostState.load()
+    for folder in parts_from or []:
+        if not folder.is_dir():
+            raise BundleError(f"--parts-from {folder}: no such folder", "Check the path (is the disc mounted?).")
+    folders = BundleFolders(bundle_dir, parts_from or [], ask=_ask if _interactive() else None)
+    bar = None
+
+    def on_manifest(m: BundleManifest, warnings: list[str]) -> None:
+        nonlocal bar
+        source = trusted.sources.get(m.key_id)
+        say(f"Signature: good, by {m.key_id}" + (f" ({source})" if source else ""))
+        say(f"Bundle: {m.product_key} {m.from_version} -> {m.to_version}, sequence {m.sequence}, "
+            f"expires {m.expires}, {len(m.images)} image(s), {len(m.parts)} part(s)")
+        for w in warnings:
+            warn(w)
+        bar = progress(sum(p.size for p in m.parts) + sum(f.size for f in m.files), "verify")
+
+    try:
+        vb = verify_bundle(folders, trusted, state, now=utc_now(), allow_expired=allow_expired,
+                           allow_downgrade=allow_downgrade, on_manifest=on_manifest,
+                           on_bytes=lambda n: bar.update(n) if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    r = vb.report
+    say(f"Contents: {len(r.checked)} file(s), {eng.human_size(r.bytes)} checked in {r.seconds:.1f} s "
+        f"({r.mb_per_s:.0f} MB/s): all intact")
+    if vb.recorded:
+        say(f"Recorded as the last accepted {vb.manifest.product_key} bundle in {state.path}")
+    return vb
+
+
+def _verify_json(vb: VerifiedBundle) -> dict:
+    r = vb.report
+    return {"ok": True, "bundle": summary(vb), "signer": vb.signer, "warnings": vb.warnings,
+            "checked": {"files": sorted(r.checked), "bytes": r.bytes, "seconds": round(r.seconds, 3),
+                        "mb_per_s": round(r.mb_per_s, 1)},
+            "state": {"path": str(state_path()), "recorded": vb.recorded, "accepted": vb.accepted.to_dict()}}
+
+
+@app.command()
+def verify(bundle_dir: Path = BundleArg, trust: Optional[List[Path]] = TrustOpt,
+           parts_from: Optional[List[Path]] = PartsOpt, allow_expired: bool = ExpiredOpt,
+           allow_downgrade: bool = DowngradeOpt, json_out: bool = JsonOpt) -> None:
+    """Check the signature, expiry, sequence and every part and file of a bundle. Touches no engine."""
+    CTX.json = CTX.json or json_out
+
+    def go() -> None:
+        vb = _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade)
+        if CTX.json:
+            emit_json(_verify_json(vb))
+        else:
+            say("OK: the bundle is intact and trusted. Next: overleaf-import load " + str(bundle_dir))
+
+    run(go)
+
+
+def _load(vb: VerifiedBundle, replace_tags: bool):
+    from .load import execute, plan_load
+
+    client = eng.connect()
+    eng.preflight(client)
+    plan = plan_load(client, vb.manifest, replace_tags=replace_tags)
+    info = eng.preflight(client, need_bytes=plan.send_bytes)
+    if plan.send_bytes and info.free_bytes is None:
+        warn(f"cannot check free space: the engine's data root ({info.data_root or '?'}) is not on this machine; "
+             f"loading needs about {eng.human_size(eng.SPACE_FACTOR * plan.send_bytes)} there")
+    for ref in plan.replaced:
+        warn(f"{ref} will be moved to the bundle's image (--replace-tags)")
+    say(f"Engine {eng.engine_name()}: {len(plan.load)} image(s) to load ({eng.human_size(plan.send_bytes)} to send), "
+        f"{len(plan.tag_only)} to tag, {len(plan.present)} already present")
+    start = time.monotonic()
+    bar = progress(vb.manifest.payload_size, "load") if plan.load else None
+    try:
+        result = execute(client, vb, plan, on_bytes=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.monotonic() - start
+    for img in plan.load + plan.tag_only:
+        say(f"  {img.ref} = {img.id[:19]}  {'loaded' if img in plan.load else 'tagged'}, verified")
+    for img in plan.present:
+        say(f"  {img.ref} = {img.id[:19]}  already present")
+    return client, result, seconds
+
+
+@app.command()
+def load(bundle_dir: Path = BundleArg, trust: Optional[List[Path]] = TrustOpt,
+         parts_from: Optional[List[Path]] = PartsOpt, allow_expired: bool = ExpiredOpt,
+         allow_downgrade: bool = DowngradeOpt,
+         replace_tags: bool = typer.Option(False, "--replace-tags",
+                                           help="Move tags that name other images here to the bundle's images."),
+         json_out: bool = JsonOpt) -> None:
+    """Verify, then stream the bundle's images into the engine and check each tag's pinned image ID."""
+    CTX.json = CTX.json or json_out
+
+    def go() -> None:
+        vb = _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade)
+        _client, result, seconds = _load(vb, replace_tags)
+        if CTX.json:
+            emit_json({**_verify_json(vb), "load": {**result.plan.to_dict(), "seconds": round(seconds, 3)}})
+        else:
+            say(f"OK: {len(vb.manifest.images)} image(s) on the engine, each at its pinned ID ({seconds:.1f} s).")
+
+    run(go)
+
+
+@app.command()
+def push(bundle_dir: Path = BundleArg,
+         registry: str = typer.Option(..., "--registry", metavar="HOST:PORT", help="The internal registry."),
+         insecure: bool = typer.Option(False, "--insecure",
+                                       help="The registry speaks plain HTTP (the engine must list it in its "
+                                            "insecure-registries; checked first)."),
+         keep_tags: bool = typer.Option(False, "--keep-tags",
+                                        help="Keep the registry-named tags on this engine after pushing."),
+         trust: Optional[List[Path]] = TrustOpt, parts_from: Optional[List[Path]] = PartsOpt,
+         allow_expired: bool = ExpiredOpt, allow_downgrade: bool = DowngradeOpt,
+         replace_tags: bool = typer.Option(False, "--replace-tags", help="As for load."),
+         json_out: bool = JsonOpt) -> None:
+    """Load what is needed, then push every image to REGISTRY under the same path and tag."""
+    CTX.json = CTX.json or json_out
+    from .push import check_insecure_allowed, check_registry, overleaf_rc, push_images, registry_names
+
+    def go() -> None:
+        address = check_registry(registry)
+        vb = _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade)
+        mapping = registry_names([i.ref for i in vb.manifest.images], address)
+        if insecure:
+            check_insecure_allowed(eng.connect(), address)
+        client, result, _ = _load(vb, replace_tags)
+        pushed = push_images(client, vb.manifest, mapping, keep_tags=keep_tags,
+                             on_image=lambda ref, target: say(f"Pushing {ref} -> {target}"))
+        rc, warnings = overleaf_rc(vb.manifest, pushed.pushed)
+        kept = [r for r in vb.manifest.upgrade_plan.assumed_present if r not in pushed.pushed]
+        if kept:
+            warnings.append("not pushed, because this bundle does not carry them (the plan assumes the host runs "
+                            "them): " + ", ".join(kept) + "; their overleaf.rc settings stay as they are")
+        for w in warnings:
+            warn(w)
+        if CTX.json:
+            emit_json({"ok": True, "registry": address, "pushed": pushed.pushed, "digests": pushed.digests,
+                       "overleaf_rc": rc, "warnings": warnings, "kept_tags": keep_tags})
+            return
+        say(f"OK: {len(pushed.pushed)} image(s) pushed to {address}"
+            + ("" if keep_tags else " (the temporary registry-named tags were removed again)") + ".")
+        if rc:
+            say("Set these in config/overleaf.rc on each Overleaf host (they then pull from the registry):")
+            for k, v in rc.items():
+                say(f"  {k}={v}")
+
+    run(go)
+
+
+@app.command()
+def inventory(out: Path = typer.Option(..., "--out", metavar="FILE", help="Where to write the receipt (JSON)."),
+              json_out: bool = JsonOpt) -> None:
+    """Write a receipt of the images this engine holds, for `overleaf-bundle build --have FILE`."""
+    CTX.json = CTX.json or json_out
+    from .inventory import make_receipt, write_receipt
+
+    def go() -> None:
+        client = eng.connect()
+        info = eng.preflight(client)
+        host = eng.HostImages.scan(client)
+        state = HostState.load()
+        receipt = make_receipt(host, info, state, utc_now())
+        digest = write_receipt(out, receipt)
+        if CTX.json:
+            emit_json({"ok": True, "out": str(out), "sha256": digest, "images": len(receipt["images"]),
+                       "accepted": receipt["accepted"]})
+        else:
+            say(f"Wrote {out}: {len(receipt['images'])} image(s), sha256 {digest}")
+            say("Carry it to the online side: overleaf-bundle build ... --have " + out.name)
+
+    run(go)
+
+
+# upgrade, rollback, status: the Toolkit side, in their own module
+from .cli_upgrade import register as _register_toolkit_commands  # noqa: E402
+
+_register_toolkit_commands(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

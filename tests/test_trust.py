@@ -1,0 +1,190 @@
+"""The trust rules (manifests/trust.py) and the host's trust folder and state file (importer/hoststate.py)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from manifests.bundle import canonical_json
+from manifests.errors import ExpiredBundleError, KeyError_, ManifestFormatError, RollbackError, SignatureError, StateError
+from manifests.signing import key_id, public_pem
+from manifests.trust import Accepted, acceptance, verify_manifest
+
+from importer.hoststate import HostState, load_trusted
+
+NOW = datetime(2026, 7, 1, 12, 0, 0, tzinfo=timezone.utc)
+CFG, LAYER = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+
+
+def manifest_dict(kid: str, **over) -> dict:
+    d = {
+        "format": "overleaf-airgap-bundle", "schema": 1, "bundle_id": "b-1", "tool_version": "t", "product": "overleaf",
+        "edition": "ce", "from_version": "5.5.3", "to_version": "5.5.4", "created": "2026-06-01T00:00:00Z",
+        "expires": "2026-08-01T00:00:00Z", "sequence": 5, "key_id": kid, "platform": "linux/amd64",
+        "plan": {"schema": 1, "from": "5.5.3", "to": "5.5.4", "edition": "ce", "steps": [
+            {"id": "01-app-5.5.4", "kind": "app", "description": "d", "images": ["mongo:8.0"]}], "images": ["mongo:8.0"]},
+        "images": [{"ref": "mongo:8.0", "id": CFG, "diff_ids": [LAYER], "platform": "linux/amd64",
+                    "upstream_digest": None, "source": "local", "size": 2}],
+        "blobs": [{"digest": CFG, "kind": "config", "size": 1, "encoding": "none", "stored_size": 1},
+                  {"digest": LAYER, "kind": "layer", "size": 1, "encoding": "zstd", "stored_size": 1}],
+        "parts": [{"name": "payload.000", "size": 10, "sha256": "0" * 64}], "payload_size": 10, "max_part_size": 10,
+    }
+    d.update(over)
+    return d
+
+
+class Signer:
+    def __init__(self) -> None:
+        self.key = Ed25519PrivateKey.generate()
+        self.pub = self.key.public_key()
+        self.id = key_id(self.pub)
+
+    def signed(self, **over) -> tuple[bytes, bytes]:
+        data = canonical_json(manifest_dict(self.id, **over))
+        return data, self.key.sign(data)
+
+
+@pytest.fixture
+def a() -> Signer:
+    return Signer()
+
+
+def test_good_signature_gives_the_manifest(a):
+    data, sig = a.signed()
+    m, warnings = verify_manifest(data, sig, {a.id: a.pub}, now=NOW)
+    assert m.sequence == 5 and m.product_key == "overleaf-ce" and warnings == []
+
+
+def test_changed_byte_or_untrusted_key_is_refused(a):
+    data, sig = a.signed()
+    with pytest.raises(SignatureError, match="does not verify"):
+        verify_manifest(data.replace(b'"sequence":5', b'"sequence":6'), sig, {a.id: a.pub}, now=NOW)
+    b = Signer()
+    with pytest.raises(SignatureError, match="does not verify"):
+        verify_manifest(data, sig, {b.id: b.pub}, now=NOW)
+
+
+def test_signature_is_checked_before_the_json_is_read(a):
+    junk = b"{not json at all"
+    with pytest.raises(SignatureError):  # not ManifestFormatError: unsigned bytes are never parsed
+        verify_manifest(junk, a.key.sign(b"other"), {a.id: a.pub}, now=NOW)
+    with pytest.raises(ManifestFormatError):  # signed junk: parsed only after the signature checked out
+        verify_manifest(junk, a.key.sign(junk), {a.id: a.pub}, now=NOW)
+
+
+def test_missing_short_or_no_keys(a):
+    data, sig = a.signed()
+    with pytest.raises(SignatureError, match="missing"):
+        verify_manifest(data, None, {a.id: a.pub}, now=NOW)
+    with pytest.raises(SignatureError, match="64 bytes"):
+        verify_manifest(data, sig[:63], {a.id: a.pub}, now=NOW)
+    with pytest.raises(SignatureError, match="no trusted public keys"):
+        verify_manifest(data, sig, {}, now=NOW)
+
+
+def test_manifest_must_name_the_key_that_signed_it(a):
+    b = Signer()
+    data = canonical_json(manifest_dict(b.id))  # names b, signed by a; both trusted
+    with pytest.raises(SignatureError, match="names key"):
+        verify_manifest(data, a.key.sign(data), {a.id: a.pub, b.id: b.pub}, now=NOW)
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"parts": [{"name": "../payload.000", "size": 10, "sha256": "0" * 64}]}, "not allowed"),
+    ({"images": [{"ref": "mongo:8.0 && reboot", "id": CFG, "diff_ids": [LAYER], "platform": "linux/amd64",
+                  "upstream_digest": None, "source": "local", "size": 2}]}, "not a valid image reference"),
+    ({"schema": 2}, "not supported"),
+    ({"expires": "2026-05-01T00:00:00Z"}, "after created"),
+    ({"payload_size": 11}, "add up"),
+])
+def test_signed_but_invalid_manifest_is_refused(a, over, needle):
+    data, sig = a.signed(**over)
+    with pytest.raises(ManifestFormatError, match=needle):
+        verify_manifest(data, sig, {a.id: a.pub}, now=NOW)
+
+
+def test_expiry_and_clock_warnings(a):
+    data, sig = a.signed()
+    later = datetime(2026, 8, 1, tzinfo=timezone.utc)
+    with pytest.raises(ExpiredBundleError, match="expired on 2026-08-01"):
+        verify_manifest(data, sig, {a.id: a.pub}, now=later)
+    _, warnings = verify_manifest(data, sig, {a.id: a.pub}, now=later, allow_expired=True)
+    assert "--allow-expired" in warnings[0]
+    _, warnings = verify_manifest(data, sig, {a.id: a.pub}, now=datetime(2026, 5, 1, tzinfo=timezone.utc))
+    assert "check the clock" in warnings[0]
+
+
+def test_anti_rollback(a):
+    data, sig = a.signed()
+    same = acceptance(data, verify_manifest(data, sig, {a.id: a.pub}, now=NOW)[0], NOW)
+    assert same.manifest_sha256 == hashlib.sha256(data).hexdigest() and same.sequence == 5
+    verify_manifest(data, sig, {a.id: a.pub}, now=NOW, accepted=same)  # the very same bundle again: fine
+    newer = Accepted(6, "b-2", "f" * 64, "2026-06-02T00:00:00Z")
+    with pytest.raises(RollbackError, match="older than"):
+        verify_manifest(data, sig, {a.id: a.pub}, now=NOW, accepted=newer)
+    twin = Accepted(5, "b-x", "f" * 64, "2026-06-02T00:00:00Z")
+    with pytest.raises(RollbackError, match="same sequence"):
+        verify_manifest(data, sig, {a.id: a.pub}, now=NOW, accepted=twin)
+    _, warnings = verify_manifest(data, sig, {a.id: a.pub}, now=NOW, accepted=newer, allow_downgrade=True)
+    assert "--allow-downgrade" in warnings[0]
+    older = Accepted(4, "b-0", "e" * 64, "2026-05-02T00:00:00Z")
+    assert verify_manifest(data, sig, {a.id: a.pub}, now=NOW, accepted=older)[1] == []
+
+
+# --- the host's files --------------------------------------------------------------------------------
+def test_state_file_records_atomically_and_never_lowers(tmp_path):
+    path = tmp_path / "var" / "state.json"
+    state = HostState.load(path)
+    assert state.accepted == {}
+    assert state.record("overleaf-ce", Accepted(5, "b5", "a" * 64, "t5"))
+    assert not state.record("overleaf-ce", Accepted(3, "b3", "b" * 64, "t3"))  # lower: kept at 5
+    assert not state.record("overleaf-ce", Accepted(5, "b5", "a" * 64, "t5b"))
+    assert state.record("overleaf-pro", Accepted(1, "p1", "c" * 64, "t1"))
+    assert HostState.load(path).get("overleaf-ce").sequence == 5
+    other = HostState.load(path)  # a second run that loaded before the first wrote a higher one
+    assert state.record("overleaf-ce", Accepted(9, "b9", "d" * 64, "t9"))
+    assert not other.record("overleaf-ce", Accepted(7, "b7", "e" * 64, "t7"))
+    assert json.loads(path.read_text())["accepted"]["overleaf-ce"]["sequence"] == 9
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_damaged_state_file_is_an_error_not_a_fresh_start(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text("{half a file")
+    with pytest.raises(StateError, match="damaged"):
+        HostState.load(path)
+    path.write_text(json.dumps({"schema": 1, "accepted": {"overleaf-ce": {"sequence": "x"}}}))
+    with pytest.raises(StateError):
+        HostState.load(path)
+
+
+def test_state_file_location_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("OVERLEAF_AIRGAP_STATE", str(tmp_path / "s.json"))
+    assert HostState.load().path == tmp_path / "s.json"
+
+
+def test_trust_folder_and_explicit_keys(tmp_path, monkeypatch):
+    a, b = Signer(), Signer()
+    folder = tmp_path / "trusted.d"
+    folder.mkdir()
+    (folder / "a.pub").write_bytes(public_pem(a.pub))
+    (folder / "broken.pub").write_text("not a key")
+    (folder / "b.pem").write_bytes(public_pem(b.pub))  # not *.pub: ignored
+    monkeypatch.setenv("OVERLEAF_AIRGAP_TRUST_DIR", str(folder))
+    found = load_trusted([])
+    assert set(found.keys) == {a.id} and found.folder == folder
+    assert len(found.skipped) == 1 and "broken.pub" in found.skipped[0]
+    explicit = load_trusted([folder / "b.pem"])  # --trust replaces the folder
+    assert set(explicit.keys) == {b.id} and explicit.folder is None
+    with pytest.raises(KeyError_, match="broken.pub"):
+        load_trusted([folder / "broken.pub"])
+    monkeypatch.setenv("OVERLEAF_AIRGAP_TRUST_DIR", str(tmp_path / "absent"))
+    assert load_trusted([]).keys == {}
+
+
+def test_accepted_round_trips():
+    acc = Accepted(3, "b", "a" * 64, "2026-01-01T00:00:00Z")
+    assert Accepted.from_dict(json.loads(json.dumps(acc.to_dict()))) == acc
