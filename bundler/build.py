@@ -186,7 +186,8 @@ class Builder:
         if o.sequence is not None and o.sequence < 0:
             raise UsageError("--sequence must not be negative")
         if self.out.name in ("", ".", "..") or self.out == Path(self.out.anchor):
-            raise OutputError(f"--out {o.out} is not a usable folder name", "Name a new folder, e.g. --out bundle-6.2.2.")
+            raise OutputError(f"--out {o.out} is not a usable folder name",
+                              "Name a new folder, e.g. --out bundle-6.2.2.")
         w, out = self.work_path, self.out
         if w == out or out in w.parents or w in out.parents:
             raise UsageError("--work-dir must be outside --out (and the other way round)")

@@ -137,7 +137,8 @@ class BlobCache:
         return self.root / f".tmp-{secrets.token_hex(8)}{suffix}"
 
     def put_stream(self, read: Callable[[int], bytes], kind: str, *, keep: Callable[[str], bool] = lambda d: True,
-                   expect: str | None = None, on_bytes: Callable[[int], None] | None = None) -> tuple[str, int, CachedBlob | None]:
+                   expect: str | None = None,
+                   on_bytes: Callable[[int], None] | None = None) -> tuple[str, int, CachedBlob | None]:
         """Hash and zstd-compress a stream into the cache; keep it raw when zstd saves < 3 %.
 
         Returns ``(digest, size, blob)``; ``blob`` is None when ``keep(digest)`` said the

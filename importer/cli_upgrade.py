@@ -152,16 +152,16 @@ def upgrade(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR"),
 
         with ToolkitLock(root):
             audit = Audit(root, m.bundle_id)
-            if m.toolkit is not None:
-                ref = next(f for f in m.files if f.name == m.toolkit["file"])
-                path = vb.folders.find(ref)
-                say(update_toolkit_code(root, path, m.toolkit["commit"], opts.update_toolkit, audit))
             _load(vb, replace_tags)
             problems = preflight(ctx, plan, journal, present)
             if problems:
-                audit.record("preflight", "refused", problems=problems)
+                if journal is not None:  # an upgrade under way: its change record notes the refusal
+                    audit.record("preflight", "refused", problems=problems)
                 raise PreflightError("preflight found problems; nothing was changed:\n  - " + "\n  - ".join(problems),
                                      "Fix them and run the same command again.")
+            if m.toolkit is not None and journal is None:  # the Toolkit code first, as bin/upgrade does
+                ref = next(f for f in m.files if f.name == m.toolkit["file"])
+                say(update_toolkit_code(root, vb.folders.find(ref), m.toolkit["commit"], opts.update_toolkit, audit))
             if journal is None:
                 if not yes and not _ask(f"Upgrade Overleaf {plan['from']} -> {plan['to']} in "
                                         f"{len(plan['steps'])} steps (backups included)?"):
@@ -201,8 +201,9 @@ def rollback(toolkit: Path = ToolkitOpt,
              backup: Optional[str] = typer.Option(None, "--backup", metavar="ID", help="Backup to restore (default: the one before the last major step)."),
              backup_dir: Optional[Path] = typer.Option(None, "--backup-dir", help="Where the backups are."),
              yes: bool = typer.Option(False, "--yes", "-y"),
+             no_start: bool = typer.Option(False, "--no-start", help="Leave services stopped after the restore."),
              json_out: bool = typer.Option(False, "--json")) -> None:
-    """Stop services, restore a backup's data and config/, start again."""
+    """Stop services, restore a backup's data and config/ (checksums verified), start again."""
     from . import engine as eng
     CTX.json = CTX.json or json_out
 
@@ -212,11 +213,12 @@ def rollback(toolkit: Path = ToolkitOpt,
             ctx.client = eng.connect()
         except Exception as exc:  # noqa: BLE001 - the Toolkit's own bin/stop is tried first anyway
             warn(f"engine: {getattr(exc, 'message', exc)}")
-        res = do_rollback(ctx, backup, backup_dir)
+        res = do_rollback(ctx, backup, backup_dir, start=not no_start)
         if CTX.json:
             emit_json({"ok": True, **res})
         else:
-            say(f"OK: restored backup {res['backup']}; Overleaf is at {res['version']}.")
+            say(f"OK: restored backup {res['backup']}; Overleaf is at {res['version']}"
+                + ("." if res["started"] else " (services left stopped: bin/up -d starts them)."))
 
     run(go)
 

@@ -1,7 +1,8 @@
 """The importer's own files inside a Toolkit folder: lock, journal, audit log.
 
-``<toolkit>/.overleaf-airgap/``
-  ``lock``        flock()ed while an upgrade/rollback runs (released by the kernel on any exit)
+The Toolkit folder itself is flock()ed while an upgrade or rollback runs.
+
+``<toolkit>/.overleaf-airgap/`` (made by the first change, never by a refused run)
   ``journal.json`` where the upgrade is: plan, per-step status and phase (atomic rewrite)
   ``audit.log``   append-only JSON lines: time, bundle id, action, result (for change records)
 """
@@ -27,15 +28,15 @@ def state_dir(toolkit: Path) -> Path:
 
 
 class ToolkitLock:
-    """An exclusive, non-blocking lock on one Toolkit folder."""
+    """An exclusive, non-blocking flock() on the Toolkit folder itself: creates no file, and the
+    kernel releases it when the process ends in any way (crash, SIGKILL, power loss)."""
 
     def __init__(self, toolkit: Path) -> None:
-        self.path = state_dir(toolkit) / "lock"
+        self.path = Path(toolkit)
         self.fd: int | None = None
 
     def __enter__(self) -> "ToolkitLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -43,8 +44,6 @@ class ToolkitLock:
             self.fd = None
             raise ToolkitError(f"another overleaf-import run is working on this Toolkit ({self.path} is locked)",
                                "Wait for it to finish; `overleaf-import status --toolkit DIR` shows where it is.") from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"{os.getpid()}\n".encode())
         return self
 
     def __exit__(self, *exc: object) -> None:

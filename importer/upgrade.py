@@ -453,7 +453,11 @@ def preflight(ctx: Context, plan: dict, journal: Journal | None, present: Callab
     cfg = read_toolkit(ctx.toolkit)
     start = journal.start_version if journal else plan["from"]
     expected = app_version_after(plan, journal, start)
-    if cfg.version != expected:
+    allowed = {expected}
+    nxt = journal.next_step() if journal is not None else None
+    if nxt is not None and nxt["kind"] == "app":  # interrupted after writing config/version: either is fine
+        allowed.add(nxt["version"] + ("-with-texlive-full" if start.endswith("-with-texlive-full") else ""))
+    if cfg.version not in allowed:
         if journal is None:
             problems.append(f"config/version is {cfg.version}, but this bundle's plan starts at {plan['from']}: "
                             "use a bundle built for this version (overleaf-bundle build --from "
@@ -527,7 +531,7 @@ def choose_backup(toolkit: Path, journal: Journal | None, backup_dir: Path | Non
     return load_record(Path((majors or records)[-1]["path"]))
 
 
-def rollback(ctx: Context, wanted: str | None, backup_dir: Path | None) -> dict:
+def rollback(ctx: Context, wanted: str | None, backup_dir: Path | None, start: bool = True) -> dict:
     toolkit = ctx.toolkit
     with ToolkitLock(toolkit):
         journal = Journal.load(toolkit)
@@ -554,9 +558,10 @@ def rollback(ctx: Context, wanted: str | None, backup_dir: Path | None) -> dict:
                 journal.steps[rec.step_id] = {"status": "done", "phases": [], "note": f"restored backup {rec.id}"}
             journal.finished = None
             journal.save()
-        tk.up()
-        audit.record("rollback", "done", backup=rec.id, version=tk.read_version())
-        return {"backup": rec.id, "version": tk.read_version()}
+        if start:
+            tk.up()
+        audit.record("rollback", "done", backup=rec.id, version=tk.read_version(), started=start)
+        return {"backup": rec.id, "version": tk.read_version(), "started": start}
 
 
 def status(toolkit: Path) -> dict:

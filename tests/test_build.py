@@ -139,7 +139,8 @@ def test_mirror_mapping():
     assert m.map("docker.io/library/mongo:8.0") == "127.0.0.1:5000/library/mongo:8.0"
     assert m.map("sharelatex/sharelatex:5.5.8") == "127.0.0.1:5000/sharelatex/sharelatex:5.5.8"
     assert m.map("quay.io/sharelatex/sharelatex-pro:6.2.2") == "127.0.0.1:5000/quay.io/sharelatex/sharelatex-pro:6.2.2"
-    assert Mirrors.parse(["docker.io=mirror.example.org/hub"]).map("mongo:8.0") == "mirror.example.org/hub/library/mongo:8.0"
+    hub = Mirrors.parse(["docker.io=mirror.example.org/hub"])
+    assert hub.map("mongo:8.0") == "mirror.example.org/hub/library/mongo:8.0"
     assert Mirrors().map("quay.io/sharelatex/git-bridge:6.2.2") == "quay.io/sharelatex/git-bridge:6.2.2"
     assert Mirrors.parse(["quay.io=r.example:5000"]).map("mongo:8.0") == "mongo:8.0"  # no rule for docker.io
     for bad in (["docker.io"], ["docker.io="], ["=127.0.0.1:5000"], ["docker.io=registry"],
@@ -308,9 +309,16 @@ def signing_key(tmp_path_factory) -> Path:
     return d / "release.key"
 
 
+MIRROR_NAMESPACE = "airgap-build-test"   # our own corner of the shared registry: other tests list their tags
+
+
+def mirror_prefix(registry) -> str:
+    return f"{registry.address}/{MIRROR_NAMESPACE}"
+
+
 @pytest.fixture(scope="module")
-def seeded(engine, registry) -> dict[str, str]:
-    """The plan's images, in the registry under mirror names only; returns {ref: image ID}."""
+def seeded(engine, registry):
+    """The plan's images, in the registry under mirror names only; gives {ref: image ID}."""
     client = engine.client()
     seed_overleaf_images(engine, ["4.2.9", "5.5.8", "6.2.2"], edition="ce", mongo=["6.0", "7.0", "8.0"],
                          redis=["7.4"])
@@ -320,17 +328,24 @@ def seeded(engine, registry) -> dict[str, str]:
                       DataLayer("/overleaf/big/words", 24 * MiB, "text", seed=2)],
                 base="sharelatex/sharelatex:6.2.2", cmd=["run-forever", "httpd", "-f", "-p", "80", "-h", "/var/www"])
     ids = {ref: client.images.get(ref).id for ref in PLAN_IMAGES}
-    push_to_registry(engine, registry, PLAN_IMAGES)
+    prefix = mirror_prefix(registry)
+    push_to_registry(engine, registry, PLAN_IMAGES, mirrors={"docker.io": prefix, "quay.io": f"{prefix}/quay.io"})
     for ref in PLAN_IMAGES:
         client.images.remove(ref)
         with pytest.raises(docker.errors.ImageNotFound):
             client.images.get(ref)
-    return ids
+    yield ids
+    # the builds tagged the canonical names again; drop the mirror names they pulled
+    for image in client.images.list():
+        for tag in image.tags:
+            if tag.startswith(prefix + "/"):
+                client.images.remove(tag)
 
 
 def build_args(registry, key: Path, out: Path, *extra: str) -> list[str]:
     return ["build", *PLAN_ARGS, "--key", str(key), "--passphrase-env", "MY_PASS", "--out", str(out),
-            "--mirror", f"docker.io={registry.address}", "--mirror", f"quay.io={registry.address}/quay.io",
+            "--mirror", f"docker.io={mirror_prefix(registry)}",
+            "--mirror", f"quay.io={mirror_prefix(registry)}/quay.io",
             "--max-part-size", "2M", "--no-importer", "--json", *extra]
 
 
@@ -365,7 +380,7 @@ def test_bundle_contents(full_bundle, seeded, signing_key, engine, registry):
         assert i.size == sum(b.size for b in m.blobs if b.digest in (i.id, *i.diff_ids))
         tagged = engine.client().images.get(i.ref)
         assert tagged.id == i.id
-        assert any(rd.endswith("@" + i.upstream_digest) and rd.startswith(registry.address)
+        assert any(rd.endswith("@" + i.upstream_digest) and rd.startswith(mirror_prefix(registry))
                    for rd in tagged.attrs["RepoDigests"])
     # a layer every image shares (the busybox base) is stored once
     base = m.images[0].diff_ids[0]
@@ -591,7 +606,7 @@ def test_local_image_and_toolkit(engine, registry, signing_key, tmp_path):
     out = tmp_path / "bundle"
     args = ["build", "--from", "5.5.7-with-texlive-full", "--to", "5.5.8", "--mongo", "6.0", "--redis", "7.4",
             "--key", str(signing_key), "--passphrase-env", "MY_PASS", "--out", str(out), "--no-importer",
-            "--mirror", f"docker.io={registry.address}", "--toolkit", str(toolkit), "--json"]
+            "--mirror", f"docker.io={mirror_prefix(registry)}", "--toolkit", str(toolkit), "--json"]
     missing = cli(args, engine_env(engine))
     assert_clean_failure(missing, 21, f"{ref} is not in the local engine", "02-app-5.5.8")
     no_bundle_left(out)
@@ -650,7 +665,7 @@ def test_importer_wheels_install_offline(engine, registry, seeded, signing_key, 
     out = tmp_path / "bundle"
     args = ["build", "--from", "5.5.7", "--to", "5.5.8", "--mongo", "6.0", "--redis", "7.4",
             "--key", str(signing_key), "--passphrase-env", "MY_PASS", "--out", str(out),
-            "--mirror", f"docker.io={registry.address}", "--json"]
+            "--mirror", f"docker.io={mirror_prefix(registry)}", "--json"]
     proc = cli(args, engine_env(engine), timeout=600)
     assert proc.returncode == 0, proc.stderr
     m = manifest_of(out)
