@@ -161,7 +161,8 @@ def upgrade(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR"),
                                      "Fix them and run the same command again.")
             if m.toolkit is not None and journal is None:  # the Toolkit code first, as bin/upgrade does
                 ref = next(f for f in m.files if f.name == m.toolkit["file"])
-                say(update_toolkit_code(root, vb.folders.find(ref), m.toolkit["commit"], opts.update_toolkit, audit))
+                choice = opts.update_toolkit if opts.update_toolkit is not None else (True if yes else None)
+                say(update_toolkit_code(root, vb.folders.find(ref), m.toolkit["commit"], choice, audit))
             if journal is None:
                 if not yes and not _ask(f"Upgrade Overleaf {plan['from']} -> {plan['to']} in "
                                         f"{len(plan['steps'])} steps (backups included)?"):

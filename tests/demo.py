@@ -1,0 +1,133 @@
+"""The whole story on a built-in demo, with no internet (README: `bash tests/demo.sh`).
+
+Online host (a private dockerd) with a private registry standing in for Docker Hub:
+synthetic Overleaf CE, MongoDB and Redis images for 3.5.10 -> 6.2.2 are pushed to the
+registry under mirror names; `overleaf-bundle` plans, builds a signed bundle from the
+registry (--mirror) and splits it into 8 MiB parts. The parts are "burned" onto two
+"discs" (folders). Offline host (a second private dockerd) runs a Toolkit stand-in at
+3.5.10: `overleaf-import` verifies the discs, loads the images and walks the Toolkit
+through every step, pausing once for the binary-files check, then resumes to 6.2.2.
+
+    python3 -m tests.demo [--keep] [--workdir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.support.engine import PrivateEngine, PrivateRegistry, push_to_registry
+from tests.support.overleaf_images import seed_overleaf_path
+from tests.support.toolkit import make_toolkit
+
+FROM, TO = "3.5.10", "latest"
+
+
+def banner(text: str) -> None:
+    print(f"\n=== {text} ===", flush=True)
+
+
+def cli(tool: str, *args: str, env: dict, ok=(0,)) -> subprocess.CompletedProcess:
+    print(f"$ {tool} {' '.join(args)}", flush=True)
+    proc = subprocess.run([tool, *args], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    print(proc.stdout.rstrip(), flush=True)
+    if proc.returncode not in ok:
+        raise SystemExit(f"demo: `{tool} {args[0]}` exited {proc.returncode}")
+    return proc
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", type=Path, help="keep everything here (default: a temporary folder)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="oa-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    tk = None
+    try:
+        with PrivateEngine(name="online") as online, PrivateRegistry() as registry, \
+                PrivateEngine(name="offline") as offline:
+            on_env = {**online.env(), "OVERLEAF_AIRGAP_CATALOG_OVERLAY": str(work / "no-overlay.yaml")}
+            off_env = {**offline.env(), "OVERLEAF_AIRGAP_STATE": str(work / "offline-state.json"),
+                       "OVERLEAF_AIRGAP_TRUST_DIR": str(work / "trusted.d")}
+
+            banner("Online: plan the stepped upgrade")
+            plan_args = ["--from", FROM, "--to", TO, "--mongo", "4.4", "--redis", "6.2"]
+            cli("overleaf-bundle", "plan", *plan_args, env=on_env)
+            plan = json.loads(cli("overleaf-bundle", "--json", "plan", *plan_args, env=on_env).stdout)
+
+            banner("Online: synthetic images in a private registry (standing in for Docker Hub)")
+            steps = plan["steps"]
+            refs = seed_overleaf_path(online, [s["version"] for s in steps if s["kind"] == "app"],
+                                      mongo=[s["version"] for s in steps if s["kind"] == "mongo"],
+                                      redis=[s["version"] for s in steps if s["kind"] == "redis"])
+            mirror = f"{registry.address}/hub"
+            push_to_registry(online, registry, refs, mirrors={"docker.io": mirror, "quay.io": f"{registry.address}/quay.io"})
+            client = online.client()
+            for ref in refs:
+                client.images.remove(ref)
+            print(f"pushed {len(refs)} images to {registry.address} and removed them from the online engine")
+
+            banner("Online: a signing key and the bundle")
+            cli("overleaf-bundle", "keygen", "--out", str(work / "keys" / "signing.key"), "--no-passphrase", env=on_env)
+            out = work / "bundle"
+            cli("overleaf-bundle", "build", *plan_args, "--key", str(work / "keys" / "signing.key"), "--out", str(out),
+                "--mirror", f"docker.io={mirror}", "--mirror", f"quay.io={registry.address}/quay.io",
+                "--max-part-size", "8M", "--expires", "30d", "--no-importer", env=on_env)
+            cli("overleaf-bundle", "inspect", str(out), env=on_env)
+            print("$ openssl pkeyutl -verify -pubin -inkey signing.key.pub -rawin -in manifest.json -sigfile manifest.json.sig")
+            subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(work / "keys" / "signing.key.pub"),
+                            "-rawin", "-in", str(out / "manifest.json"), "-sigfile", str(out / "manifest.json.sig")],
+                           check=True)
+
+            banner("The courier: two discs")
+            disc1, disc2 = work / "disc1", work / "disc2"
+            parts = sorted(p for p in out.iterdir() if p.name.startswith("payload."))
+            shutil.copytree(out, disc1, ignore=lambda d, names: [n for n in names if n in {p.name for p in parts[len(parts) // 2:]}])
+            disc2.mkdir()
+            for p in parts[len(parts) // 2:]:
+                shutil.copy2(p, disc2 / p.name)
+            print(f"disc1: {len(list(disc1.iterdir()))} files, disc2: {len(list(disc2.iterdir()))} parts")
+            (work / "trusted.d").mkdir()
+            shutil.copy2(work / "keys" / "signing.key.pub", work / "trusted.d" / "site-builder.pub")
+
+            banner("Offline: the host runs Overleaf 3.5.10 with the Toolkit")
+            seed_overleaf_path(offline, [FROM], mongo=["4.4"], redis=["6.2"])
+            tk = make_toolkit(work, FROM, engine=offline, mongo="4.4", redis="6.2")
+            tk.run("up", "-d")
+            tk.wait_healthy()
+            print(f"Toolkit at {os.fspath(tk)}: Overleaf {tk.version()}, running {tk.running_images()}")
+
+            banner("Offline: verify, load, upgrade")
+            media = [str(disc1), "--parts-from", str(disc2)]
+            cli("overleaf-import", "verify", *media, env=off_env)
+            cli("overleaf-import", "load", *media, env=off_env)
+            up = ["upgrade", *media, "--toolkit", os.fspath(tk), "--yes", "--generate-secrets",
+                  "--backup-dir", str(work / "backups")]
+            cli("overleaf-import", *up, "--dry-run", env=off_env)
+            cli("overleaf-import", *up, env=off_env, ok=(40,))
+            print("\n(the admin opens a few projects, checks that images and PDFs still open, then resumes)")
+            cli("overleaf-import", *up, "--resume", env=off_env)
+            cli("overleaf-import", "status", "--toolkit", os.fspath(tk), env=off_env)
+            print(f"\nDone in {time.monotonic() - started:.0f} s: Overleaf {tk.version()}, running {tk.running_images()}")
+            tk.down()
+            tk = None
+    finally:
+        if tk is not None:
+            tk.down()
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+        elif args.keep or args.workdir:
+            print(f"work folder kept: {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
