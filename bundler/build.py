@@ -18,7 +18,7 @@ The order of work, and why:
    then the stage is renamed to ``--out``. So an interrupted build never leaves a
    folder that verifies; rerunning it reuses the cached blobs and pulls.
 
-    builder = Builder(BuildOptions(current="4.2.8", target="6.2.2", out=Path("bundle")))
+    builder = Builder(BuildOptions(PlanRequest(current="4.2.8", target="6.2.2"), out=Path("bundle")))
     builder.check()
     summary = builder.run(load_signing_key(Path("release.key")))
 """
@@ -62,16 +62,8 @@ DEFAULT_OFFLINE_PLATFORM = "manylinux_2_28_x86_64"
 
 @dataclass
 class BuildOptions:
-    current: str
+    request: PlanRequest
     out: Path
-    target: str = "latest"
-    edition: str = "ce"
-    git_bridge: bool = False
-    tls_proxy: bool = False
-    texlive: tuple[str, ...] = ()
-    mongo: str | None = None
-    redis: str | None = None
-    allow_rc: bool = False
     max_part_size: int = MEDIA_SIZES["fat32"]
     platform: str = "linux/amd64"
     mirrors: tuple[str, ...] = ()
@@ -196,9 +188,7 @@ class Builder:
         if fs_type(existing) in ("vfat", "msdos") and o.max_part_size > MEDIA_SIZES["fat32"]:
             raise UsageError(f"--out {self.out} is on a FAT file system, which cannot hold files over 4 GiB - 1, "
                              f"and --max-part-size is {o.max_part_size}", "Use --max-part-size fat32 (the default).")
-        self.plan = make_plan(load_catalog(), PlanRequest(
-            current=o.current, target=o.target, edition=o.edition, git_bridge=o.git_bridge, tls_proxy=o.tls_proxy,
-            texlive=tuple(o.texlive), mongo=o.mongo, redis=o.redis, allow_rc=o.allow_rc))
+        self.plan = make_plan(load_catalog(), o.request)
         if not self.plan.images:
             raise UsageError(f"the plan from {self.plan.current} to {self.plan.target} needs no images: "
                              "there is nothing to bundle", "Check --from and --to (`overleaf-bundle plan`).")

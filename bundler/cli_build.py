@@ -103,14 +103,15 @@ def build_cmd(
     def go() -> None:
         from .build import DEFAULT_OFFLINE_PLATFORM, BuildOptions, Builder, format_summary, parse_duration
         from .keys import load_signing_key
+        from manifests.planner import PlanRequest
 
         try:
             part = parse_size(max_part_size)
         except ValueError as exc:
             raise UsageError(f"--max-part-size: {exc}") from None
-        opts = BuildOptions(
-            current=from_, target=to, edition=edition, git_bridge=git_bridge, tls_proxy=tls_proxy,
-            texlive=tuple(texlive or ()), mongo=mongo, redis=redis, allow_rc=allow_rc, out=out,
+        request = PlanRequest(current=from_, target=to, edition=edition, git_bridge=git_bridge, tls_proxy=tls_proxy,
+                              texlive=tuple(texlive or ()), mongo=mongo, redis=redis, allow_rc=allow_rc)
+        opts = BuildOptions(request, out=out,
             max_part_size=part, platform=platform, mirrors=tuple(mirror or ()), toolkit=toolkit,
             expires=parse_duration(expires), sequence=sequence, have=have, offline_python=offline_python,
             offline_platforms=tuple(offline_platform or (DEFAULT_OFFLINE_PLATFORM,)), importer=not no_importer,

@@ -251,6 +251,13 @@ class Upgrader:
         expect = self.expected_stack()
 
         def probe() -> str | None:
+            import docker.errors
+            try:
+                return check()
+            except docker.errors.APIError as exc:  # e.g. 409: the container is restarting
+                return f"the engine says: {exc.explanation or exc}"
+
+        def check() -> str | None:
             for name, image in expect.items():
                 c = self.container(name)
                 if c is None:

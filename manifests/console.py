@@ -48,6 +48,9 @@ def run(fn: Callable[[], Any]) -> Any:
         _fail("interrupted", "Run the same command again to resume where it stopped.", 130, err)
     except OSError as err:
         import errno as _errno
+        if err.errno is None:  # e.g. an HTTP error from the engine API (requests raises OSError subclasses)
+            _fail(f"unexpected error: {type(err).__name__}: {err}",
+                  "Run again with --verbose and report the output.", 1, err)
         if err.errno == _errno.ENOSPC:
             _fail(f"no space left on the device: {err.filename or ''}".rstrip(),
                   "Free space (or choose another folder) and run the same command again.", 22, err)

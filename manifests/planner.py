@@ -342,8 +342,8 @@ class _Planner:
         req: Requirements = self.cat.requirements(hop)
         if crossing or first:
             what = f"before moving to {hop.major}.x" if crossing else "before the first step"
-            out.append(Step("backup", f"Consistent backup {what}: stop services; copy mongo, redis, overleaf "
-                                      "and git-bridge data and config/; checksum; start again",
+            out.append(Step("backup", f"Consistent backup {what}: stop services, copy config/ and every data "
+                                      "path (mongo, redis, overleaf, git-bridge) with checksums",
                             details={"major": crossing, "app_version": str(st.app)}))
         for mig in self.cat.migrations:
             applies = (crossing and mig.leave_major == st.app.major) or (

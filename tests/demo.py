@@ -33,10 +33,12 @@ def banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
 
 
-def cli(tool: str, *args: str, env: dict, ok=(0,)) -> subprocess.CompletedProcess:
-    print(f"$ {tool} {' '.join(args)}", flush=True)
-    proc = subprocess.run([tool, *args], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    print(proc.stdout.rstrip(), flush=True)
+def cli(tool: str, *args: str, env: dict, ok=(0,), quiet: bool = False) -> subprocess.CompletedProcess:
+    print(f"$ {tool} {' '.join(args)}" + ("  (output used by the demo)" if quiet else ""), flush=True)
+    proc = subprocess.run([tool, *args], env=env, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL if quiet else subprocess.STDOUT)
+    if not quiet:
+        print(proc.stdout.rstrip(), flush=True)
     if proc.returncode not in ok:
         raise SystemExit(f"demo: `{tool} {args[0]}` exited {proc.returncode}")
     return proc
@@ -61,7 +63,7 @@ def main() -> int:
             banner("Online: plan the stepped upgrade")
             plan_args = ["--from", FROM, "--to", TO, "--mongo", "4.4", "--redis", "6.2"]
             cli("overleaf-bundle", "plan", *plan_args, env=on_env)
-            plan = json.loads(cli("overleaf-bundle", "--json", "plan", *plan_args, env=on_env).stdout)
+            plan = json.loads(cli("overleaf-bundle", "--json", "plan", *plan_args, env=on_env, quiet=True).stdout)
 
             banner("Online: synthetic images in a private registry (standing in for Docker Hub)")
             steps = plan["steps"]
@@ -78,9 +80,19 @@ def main() -> int:
             banner("Online: a signing key and the bundle")
             cli("overleaf-bundle", "keygen", "--out", str(work / "keys" / "signing.key"), "--no-passphrase", env=on_env)
             out = work / "bundle"
+            t0 = time.monotonic()
             cli("overleaf-bundle", "build", *plan_args, "--key", str(work / "keys" / "signing.key"), "--out", str(out),
                 "--mirror", f"docker.io={mirror}", "--mirror", f"quay.io={registry.address}/quay.io",
                 "--max-part-size", "8M", "--expires", "30d", "--no-importer", env=on_env)
+            build_s = time.monotonic() - t0
+            t0 = time.monotonic()  # the baseline: one plain `docker save` of the same images
+            saved = work / "docker-save.tar"
+            subprocess.run(["docker", "save", "-o", str(saved), *refs], env=on_env, check=True)
+            save_s, save_b = time.monotonic() - t0, saved.stat().st_size
+            saved.unlink()
+            bundle_b = sum(p.stat().st_size for p in out.iterdir() if p.name.startswith("payload."))
+            print(f"measured: docker save {save_b:,} B in {save_s:.1f} s; bundle payload {bundle_b:,} B "
+                  f"({bundle_b / save_b:.2f}x) built in {build_s:.1f} s including the pulls ({build_s / save_s:.1f}x)")
             cli("overleaf-bundle", "inspect", str(out), env=on_env)
             print("$ openssl pkeyutl -verify -pubin -inkey signing.key.pub -rawin -in manifest.json -sigfile manifest.json.sig")
             subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(work / "keys" / "signing.key.pub"),

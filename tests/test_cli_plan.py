@@ -107,3 +107,21 @@ def test_catalog_refresh_token_flow_pagination_and_new_major(tmp_path):
 def test_catalog_refresh_unreachable_registry(tmp_path):
     out = cli("catalog", "refresh", "--registry", "http://127.0.0.1:9", "--overlay", str(tmp_path / "o.yaml"))
     assert out.returncode == 21 and "cannot reach the registry" in out.stderr
+
+
+def test_catalog_refresh_against_a_real_registry(engine, registry, tmp_path):
+    """Distribution's own tags/list (no token flow on loopback): a new patch is recorded."""
+    from tests.support.engine import build_image
+
+    client = engine.client()
+    for tag in ("6.2.2", "6.2.9"):
+        build_image(client, f"refresh-test/sharelatex:{tag}", {"/VERSION": tag})
+        client.images.get(f"refresh-test/sharelatex:{tag}").tag(f"{registry.address}/refresh-test/sharelatex", tag)
+        for line in client.images.push(f"{registry.address}/refresh-test/sharelatex", tag, stream=True, decode=True):
+            assert "error" not in line, line
+    overlay = tmp_path / "overlay.yaml"
+    out = cli("--json", "catalog", "refresh", "--registry", f"http://{registry.address}",
+              "--repository", "refresh-test/sharelatex", "--overlay", str(overlay))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["added"] == ["6.2.9"]
+    assert "6.2.9" in overlay.read_text()

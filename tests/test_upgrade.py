@@ -37,6 +37,12 @@ def upgrade_bundle(engine, offline_engine, tmp_path_factory):
     redis = [s["version"] for s in plan["steps"] if s["kind"] == "redis"]
     refs = seed_overleaf_path(engine, apps, mongo=mongos, redis=redis)
     assert sorted(refs) == plan["images"]
+    client = offline_engine.client()  # earlier tests may have left same-named stand-ins on the offline host
+    for ref in refs:
+        try:
+            client.images.remove(ref, force=True)
+        except Exception:  # noqa: BLE001 - not there
+            pass
     seed_overleaf_path(offline_engine, [FROM], mongo=["4.4"], redis=["6.2"])
     base = tmp_path_factory.mktemp("upgrade-bundle")
     key = make_key(base / "keys")
