@@ -119,6 +119,7 @@ def test_catalog_refresh_against_a_real_registry(engine, registry, tmp_path):
         client.images.get(f"refresh-test/sharelatex:{tag}").tag(f"{registry.address}/refresh-test/sharelatex", tag)
         for line in client.images.push(f"{registry.address}/refresh-test/sharelatex", tag, stream=True, decode=True):
             assert "error" not in line, line
+        client.images.remove(f"{registry.address}/refresh-test/sharelatex:{tag}")  # leave the engine as found
     overlay = tmp_path / "overlay.yaml"
     out = cli("--json", "catalog", "refresh", "--registry", f"http://{registry.address}",
               "--repository", "refresh-test/sharelatex", "--overlay", str(overlay))
