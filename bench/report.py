@@ -62,40 +62,53 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _steps(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(step, time, output, peak RSS) rows."""
+def _cpu(m: dict[str, Any]) -> str:
+    """``client + engine CPU seconds (machine busy %)``: what the step cost the 2 cores."""
+    if "cpu_seconds" not in m:
+        return "-"
+    busy = f" ({m['machine_busy'] * 100:.0f} %)" if "machine_busy" in m else ""
+    return f"{m['cpu_seconds']:.1f} + {m.get('engine_cpu_seconds', float('nan')):.1f}{busy}"
+
+
+def _steps(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(step, time, output, CPU, peak RSS) rows."""
     med, by = r["medians"], r["bytes"]
     rss = r["max_rss_bytes"]
     raw = r["dataset"]["unique_raw_bytes"]
-
-    def t(step: str, key: str = "seconds") -> str:
-        m = med[step]
-        return f"{m[key]:.1f} ({m['min']:.1f}-{m['max']:.1f})" if key == "seconds" else f"{m[key]:.1f}"
-
     runs = r["runs"]
+
+    def t(step: str) -> str:
+        m = med[step]
+        return f"{m['seconds']:.1f} ({m['min']:.1f}-{m['max']:.1f})"
+
+    d_excl = [x["d"]["seconds_excl_pull"] for x in runs]
+    phases = ", ".join(f"{k} {v:.1f}" for k, v in med["d"]["phases"].items() if k != "total")
     verify_rate = r["ratios"]["verify_bytes_per_s"]
     rows = [
         ("(a) `docker save IMAGE | gzip` per image, then `sha256sum`", t("a"),
-         f"{_gb(by['a'])} in {runs[-1]['a']['files']} files", "-"),
-        ("(b) one `docker save -o` of all images", t("b"), _gb(by["b"]), "-"),
-        ("(c) `zstd -T0 -3` of (b)", t("c"), _gb(by["c"]), "-"),
-        ("(d) `overleaf-bundle build --mirror ... --no-importer`, excl. its pull phase",
-         f"{med['d']['seconds_excl_pull']:.1f} ({min(x['d']['seconds_excl_pull'] for x in runs):.1f}-"
-         f"{max(x['d']['seconds_excl_pull'] for x in runs):.1f})", f"payload {_gb(by['payload'])}", _mb(rss["build"])),
-        ("    its phases: " + ", ".join(f"{k} {v:.1f}" for k, v in med["d"]["phases"].items() if k != "total"),
-         f"{med['d']['seconds']:.1f} in all", f"{r['runs'][-1]['d']['parts']} part(s)", ""),
-        ("(e) `docker load -i` of (b), empty engine", t("e"), f"{_gb(raw)} raw loaded", "-"),
-        ("(f) `overleaf-import verify`", t("f"), f"{verify_rate / 1e9:.2f} GB/s checked", _mb(rss["verify"])),
-        ("(g) `overleaf-import load` (verifies, then streams), empty engine", t("g"), "7 images, IDs pinned",
-         _mb(rss["load"])),
+         f"{_gb(by['a'])} in {runs[-1]['a']['files']} files", _cpu(med["a"]), "-"),
+        ("(b) one `docker save -o` of all images", t("b"), _gb(by["b"]), _cpu(med["b"]), "-"),
+        ("(c) `zstd -T0 -3` of (b)", t("c"), _gb(by["c"]), _cpu(med["c"]), "-"),
+        ("(d) `overleaf-bundle build`, excl. its pull phase",
+         f"{med['d']['seconds_excl_pull']:.1f} ({min(d_excl):.1f}-{max(d_excl):.1f})",
+         f"payload {_gb(by['payload'])} in {runs[-1]['d']['parts']} part(s)", _cpu(med["d"]), _mb(rss["build"])),
+        (f"    (d) in all, by phase: {phases}", f"{med['d']['seconds']:.1f}", "", "", ""),
+        ("(e) `docker load -i` of (b), empty engine", t("e"), f"{_gb(raw)} raw loaded", _cpu(med["e"]), "-"),
+        ("(f) `overleaf-import verify`", t("f"), f"{verify_rate / 1e9:.2f} GB/s checked", _cpu(med["f"]),
+         _mb(rss["verify"])),
+        ("(g) `overleaf-import load` (verifies, then streams), empty engine", t("g"),
+         f"{len(r['dataset']['plan_images'])} images, IDs pinned", _cpu(med["g"]), _mb(rss["load"])),
     ]
     d = r.get("delta")
     if d:
         rows.append((f"(h) delta bundle {d['hop']}, `build --have` receipt", f"{d['build_seconds']:.1f} (1 run)",
                      f"payload {_gb(d['payload_bytes'])}; changed layers {d['changed_layers']}/{d['image_layers']}: "
-                     f"{_gb(d['changed_zstd3_bytes'])} zstd -3, {_gb(d['changed_gzip_bytes'])} gzip",
+                     f"{_gb(d['changed_zstd3_bytes'])} zstd -3, {_gb(d['changed_gzip_bytes'])} gzip", "-",
                      _mb(d["load_max_rss_bytes"]) + " (its load)"))
     return rows
+
+
+HEADER = ("step", "time s, median (min-max)", "output", "CPU s: client + engine (machine busy)", "peak RSS")
 
 
 def _machine_line(m: dict[str, Any]) -> str:
@@ -125,8 +138,8 @@ def _memory_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 def text_table(r: dict[str, Any]) -> str:
     lines = [f"Machine: {_machine_line(r['machine'])}", f"Data: {_dataset_line(r)}",
              f"Command: {r['command']}   (times in seconds: median of {len(r['runs'])} runs (min-max))", ""]
-    rows = [("step", "time s", "output", "peak RSS")] + _steps(r)
-    widths = [max(len(row[i].replace("`", "")) for row in rows) for i in range(4)]
+    rows = [HEADER] + _steps(r)
+    widths = [max(len(row[i].replace("`", "")) for row in rows) for i in range(len(HEADER))]
     for row in rows:
         lines.append("  ".join(c.replace("`", "").ljust(w) for c, w in zip(row, widths)).rstrip())
     lines += ["", "Peak RSS by size:"]
@@ -152,15 +165,20 @@ def markdown_snippet(r: dict[str, Any]) -> str:
         f"- Machine: {_machine_line(r['machine'])}.",
         f"- Data: {_dataset_line(r)}.",
         "",
-        "| step | time (s) | output | peak RSS |",
-        "|---|---|---|---|",
+        "| " + " | ".join(HEADER) + " |",
+        "|---|---|---|---|---|",
     ]
     for row in _steps(r):
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
     lines += ["", "| size | raw data | build peak RSS | load peak RSS |", "|---|---|---|---|"]
     for row in _memory_rows(r):
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", f"Targets ({met} of {len(r['targets'])} met):", "", "| target | measured | |", "|---|---|---|"]
+    lines += ["", "Notes: peak RSS is the `ru_maxrss` of our process (the engine's memory is not counted). CPU is "
+              "the client's process tree plus the engine's dockerd; \"machine busy\" is the share of both cores in "
+              "use during the step (other work on the machine counts too). `docker save -o` leaves its file in the "
+              "page cache, while the build fsyncs its cache entries and parts. Every image was pulled before the "
+              "build, so its pull phase (reported apart) only checks manifests.",
+              "", f"Targets ({met} of {len(r['targets'])} met):", "", "| target | measured | |", "|---|---|---|"]
     for t in r["targets"]:
         lines.append(f"| {t['target']} | {t['measured']} | {_status(t)} |")
     return "\n".join(lines) + "\n"

@@ -125,6 +125,44 @@ def measure(cmd: list[str], env: dict[str, str], *, cwd: Path | None = None, che
     return m
 
 
+def engine_cpu_seconds(engine: PrivateEngine) -> float:
+    """CPU time of the engine's dockerd so far, with its waited-for children (e.g. the untar helper of a load)."""
+    try:
+        pid = int(engine.pidfile.read_text().strip())
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs (/proc/stat): busy excludes idle and iowait."""
+    values = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+class CpuWatch:
+    """Engine CPU seconds and the machine's busy share over one step (other work on the machine shows too)."""
+
+    def __init__(self, engine: PrivateEngine) -> None:
+        self.engine = engine
+
+    def __enter__(self) -> "CpuWatch":
+        self.e0 = engine_cpu_seconds(self.engine)
+        self.m0 = machine_cpu()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, total = machine_cpu()
+        self.engine_seconds = engine_cpu_seconds(self.engine) - self.e0
+        self.machine_busy = (busy - self.m0[0]) / max(1, total - self.m0[1])
+
+    def fields(self, m: "Measured") -> dict[str, float]:
+        return {"cpu_seconds": m.cpu_seconds, "engine_cpu_seconds": self.engine_seconds,
+                "machine_busy": self.machine_busy}
+
+
 def settle() -> None:
     """Write dirty pages back before the next measurement, so one step's writes do not slow the next."""
     os.sync()
@@ -320,15 +358,18 @@ class Bench:
             script = "set -eo pipefail\n" + "".join(
                 f"docker save {shlex.quote(ref)} | gzip > {shlex.quote(name)}\n" for ref, name in zip(refs, names))
             script += "sha256sum " + " ".join(map(shlex.quote, names)) + " > SHA256SUMS\n"
-            m = measure(["bash", "-c", script], hosts.online.env(), cwd=a_dir)
-            res["a"] = {"seconds": m.seconds, "bytes": file_size(a_dir / n for n in names), "files": len(names)}
+            with CpuWatch(hosts.online) as cw:
+                m = measure(["bash", "-c", script], hosts.online.env(), cwd=a_dir)
+            res["a"] = {"seconds": m.seconds, "bytes": file_size(a_dir / n for n in names), "files": len(names),
+                        **cw.fields(m)}
             shutil.rmtree(a_dir)
             settle()
 
             log(f"run {index}: (b) docker save of all images into one file")
             archive = b_dir / "images.tar"
-            m = measure(["docker", "save", "-o", str(archive), *refs], hosts.online.env())
-            res["b"] = {"seconds": m.seconds, "bytes": archive.stat().st_size}
+            with CpuWatch(hosts.online) as cw:
+                m = measure(["docker", "save", "-o", str(archive), *refs], hosts.online.env())
+            res["b"] = {"seconds": m.seconds, "bytes": archive.stat().st_size, **cw.fields(m)}
             t = time.perf_counter()
             os.sync()
             res["b"]["sync_seconds"] = time.perf_counter() - t
@@ -339,47 +380,51 @@ class Bench:
 
             log(f"run {index}: (c) zstd -T0 -3 of (b)")
             zst = c_dir / "images.tar.zst"
-            m = measure(["zstd", "-T0", "-3", "-q", str(archive), "-o", str(zst)], hosts.online.env())
-            res["c"] = {"seconds": m.seconds, "bytes": zst.stat().st_size}
+            with CpuWatch(hosts.online) as cw:
+                m = measure(["zstd", "-T0", "-3", "-q", str(archive), "-o", str(zst)], hosts.online.env())
+            res["c"] = {"seconds": m.seconds, "bytes": zst.stat().st_size, **cw.fields(m)}
             zst.unlink()
             settle()
 
             log(f"run {index}: (d) overleaf-bundle build")
             bundle = d_dir / "bundle"
-            m = self.build(hosts, bundle, [])
+            with CpuWatch(hosts.online) as cw:
+                m = self.build(hosts, bundle, [])
             s = m.json()
             phases = s.get("seconds") or {}
             res["d"] = {"seconds": m.seconds, "seconds_excl_pull": m.seconds - phases.get("pull", 0.0),
                         "phases": phases, "payload_bytes": s["payload_bytes"], "bundle_bytes": s["bundle_bytes"],
                         "raw_bytes": s["raw_bytes"], "docker_save_bytes": s["docker_save_bytes"],
                         "parts": len(s["parts"]), "blobs": s["blobs"], "max_rss_bytes": m.max_rss_bytes,
-                        "cpu_seconds": m.cpu_seconds}
+                        **cw.fields(m)}
             settle()
 
             log(f"run {index}: (e) docker load of (b) into an empty engine")
             clear_images(hosts.offline)
             settle()
-            m = measure(["docker", "load", "-i", str(archive)], hosts.offline.env())
+            with CpuWatch(hosts.offline) as cw:
+                m = measure(["docker", "load", "-i", str(archive)], hosts.offline.env())
             self._check_loaded(hosts)
-            res["e"] = {"seconds": m.seconds, "bytes": res["b"]["bytes"]}
+            res["e"] = {"seconds": m.seconds, "bytes": res["b"]["bytes"], **cw.fields(m)}
             archive.unlink()
             clear_images(hosts.offline)
             settle()
 
             log(f"run {index}: (f) overleaf-import verify")
-            m = self.verify(hosts, bundle)
+            with CpuWatch(hosts.offline) as cw:
+                m = self.verify(hosts, bundle)
             checked = m.json()["checked"]
             res["f"] = {"seconds": m.seconds, "bytes": checked["bytes"], "tool_seconds": checked["seconds"],
-                        "tool_mb_per_s": checked["mb_per_s"], "max_rss_bytes": m.max_rss_bytes,
-                        "cpu_seconds": m.cpu_seconds}
+                        "tool_mb_per_s": checked["mb_per_s"], "max_rss_bytes": m.max_rss_bytes, **cw.fields(m)}
             settle()
 
             log(f"run {index}: (g) overleaf-import load into an empty engine")
-            m = self.load(hosts, bundle)
+            with CpuWatch(hosts.offline) as cw:
+                m = self.load(hosts, bundle)
             self._check_loaded(hosts)
             res["g"] = {"seconds": m.seconds, "tool_load_seconds": m.json()["load"]["seconds"],
                         "sent_bytes": m.json()["load"]["send_bytes"], "max_rss_bytes": m.max_rss_bytes,
-                        "cpu_seconds": m.cpu_seconds}
+                        **cw.fields(m)}
             clear_images(hosts.offline)
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -505,7 +550,9 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     def col(step: str, key: str = "seconds") -> list[float]:
         return [r[step][key] for r in runs]
 
-    med = {step: {"seconds": median(col(step)), "min": min(col(step)), "max": max(col(step))}
+    med = {step: {"seconds": median(col(step)), "min": min(col(step)), "max": max(col(step)),
+                  **{k: median(col(step, k)) for k in ("cpu_seconds", "engine_cpu_seconds", "machine_busy")
+                     if all(k in r[step] for r in runs)}}
            for step in "abcdefg"}
     med["d"]["seconds_excl_pull"] = median(col("d", "seconds_excl_pull"))
     med["d"]["phases"] = {k: median([r["d"]["phases"].get(k, 0.0) for r in runs])

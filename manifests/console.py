@@ -45,7 +45,7 @@ def run(fn: Callable[[], Any]) -> Any:
     except AirgapError as err:
         _fail(err.message, err.hint, err.exit_code, err)
     except KeyboardInterrupt as err:
-        _fail("interrupted", "Run the same command again to resume where it stopped.", 130, err)
+        _fail("interrupted", "Run the same command again to continue (an upgrade: add --resume).", 130, err)
     except OSError as err:
         import errno as _errno
         if err.errno is None:  # e.g. an HTTP error from the engine API (requests raises OSError subclasses)
