@@ -92,7 +92,7 @@ def _steps(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         ("(d) `overleaf-bundle build`, excl. its pull phase",
          f"{med['d']['seconds_excl_pull']:.1f} ({min(d_excl):.1f}-{max(d_excl):.1f})",
          f"payload {_gb(by['payload'])} in {runs[-1]['d']['parts']} part(s)", _cpu(med["d"]), _mb(rss["build"])),
-        (f"    (d) in all, by phase: {phases}", f"{med['d']['seconds']:.1f}", "", "", ""),
+        (f"(d) the whole command, by phase: {phases}", f"{med['d']['seconds']:.1f}", "", "", ""),
         ("(e) `docker load -i` of (b), empty engine", t("e"), f"{_gb(raw)} raw loaded", _cpu(med["e"]), "-"),
         ("(f) `overleaf-import verify`", t("f"), f"{verify_rate / 1e9:.2f} GB/s checked", _cpu(med["f"]),
          _mb(rss["verify"])),
@@ -153,6 +153,11 @@ def text_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _md(cell: str) -> str:
+    """A table cell: a ``|`` (even inside a code span) would end the cell."""
+    return cell.replace("|", "\\|")
+
+
 def markdown_snippet(r: dict[str, Any]) -> str:
     met = sum(1 for t in r["targets"] if t["met"])
     lines = [
@@ -169,7 +174,7 @@ def markdown_snippet(r: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for row in _steps(r):
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+        lines.append("| " + " | ".join(map(_md, row)) + " |")
     lines += ["", "| size | raw data | build peak RSS | load peak RSS |", "|---|---|---|---|"]
     for row in _memory_rows(r):
         lines.append("| " + " | ".join(row) + " |")
@@ -180,5 +185,5 @@ def markdown_snippet(r: dict[str, Any]) -> str:
               "build, so its pull phase (reported apart) only checks manifests.",
               "", f"Targets ({met} of {len(r['targets'])} met):", "", "| target | measured | |", "|---|---|---|"]
     for t in r["targets"]:
-        lines.append(f"| {t['target']} | {t['measured']} | {_status(t)} |")
+        lines.append(f"| {_md(t['target'])} | {_md(t['measured'])} | {_status(t)} |")
     return "\n".join(lines) + "\n"

@@ -6,12 +6,13 @@ tests; never the machine's engine), from the repository root::
 
     python3 -m bench.run [--size SCALE] [--runs 3] [--mem-size SCALE2] [--out bench/results.json]
                          [--md bench/results.md] [--work-dir DIR] [--profile] [--keep]
+    python3 -m bench.run --render bench/results.json      # table and Markdown again, measuring nothing
 
 ``--size 1`` (the default) builds about 2.06 GB of unique raw image data: the seven images
 of ``overleaf-bundle plan --from 4.2.8 --to 6.2.2 --mongo 5.0 --redis 6.2`` (see
 bench/dataset.py: an app base shared by every Overleaf version, per-version app layers,
 compressible text-like and incompressible layers, MongoDB and Redis). ``--size 0.25``
-gives a quick run. On 2 cores, ``--size 1 --runs 3`` takes about 40 minutes and needs
+gives a quick run. On 2 cores, ``--size 1 --runs 3`` takes about 20 minutes and needs
 about 15 GB of free disk under ``--work-dir`` (default: the system's temp folder).
 
 Each run measures, side by side on the same images:
@@ -600,13 +601,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile-dir", type=Path, default=None, help="keep py-spy's collapsed stacks here")
     p.add_argument("--skip-delta", action="store_true", help="leave out (h), the delta bundle")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (engines are stopped anyway)")
+    p.add_argument("--render", type=Path, metavar="JSON", default=None,
+                   help="measure nothing: print the table and write --md again from a results file")
     args = p.parse_args(argv)
     if args.size <= 0 or args.runs < 1:
         p.error("--size must be positive and --runs at least 1")
     if args.mem_size is None:
         args.mem_size = args.size / 2
     if args.md is None:
-        args.md = args.out.with_suffix(".md")
+        args.md = (args.render or args.out).with_suffix(".md")
     if args.profile and shutil.which("py-spy") is None:
         p.error("--profile needs py-spy: pip install py-spy")
     return args
@@ -614,6 +617,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render is not None:
+        result = json.loads(args.render.read_text())
+        result["targets"] = evaluate_targets(result)
+        args.md.write_text(markdown_snippet(result))
+        print(text_table(result))
+        return 0
     if os.geteuid() != 0:
         print("bench: run as root (it starts private dockerd engines)", file=sys.stderr)
         return 2
