@@ -38,6 +38,7 @@ from manifests.bundle import BlobEntry, HEX_RE
 from manifests.errors import AirgapError, OutputError
 
 CHUNK = 1024 * 1024
+ZSTD_JOB_SIZE = 2 * 1024 * 1024
 STATE_SCHEMA = 1
 MIN_SAVING = 0.03          # keep zstd only when it saves at least 3 %
 ZSTD_LEVEL = 3
@@ -150,7 +151,9 @@ class BlobCache:
         try:
             with open(tmp, "wb") as fh:
                 counter = _HashingWriter(fh)
-                cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
+                # small multi-threaded jobs: the default job size costs ~50-100 MiB of buffers (bench/)
+                params = zstandard.ZstdCompressionParameters.from_level(ZSTD_LEVEL, threads=-1, job_size=ZSTD_JOB_SIZE)
+                cctx = zstandard.ZstdCompressor(compression_params=params)
                 with cctx.stream_writer(counter, closefd=False) as zw:
                     while True:
                         chunk = read(CHUNK)

@@ -43,7 +43,7 @@ from .cache import CHUNK, BlobCache, CacheError
 from .registry import PulledImage, canonical, _short
 
 MAX_CONFIG = 64 * 1024 * 1024
-PREFETCH_CHUNKS = 32   # read at most 32 MiB ahead of the hashing and compression
+PREFETCH_CHUNKS = 8    # read at most 8 MiB ahead of the hashing and compression
 _LEGACY_LAYER = re.compile(r"^([0-9a-f]{64})/layer\.tar$")
 _LEGACY_CONFIG = re.compile(r"^([0-9a-f]{64})\.json$")
 _OCI_BLOB = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
