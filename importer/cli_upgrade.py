@@ -174,11 +174,7 @@ def upgrade(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR"),
                 audit.record("upgrade", "resumed", next=(journal.next_step() or {}).get("id"))
             tk = Toolkit(root)
             if rc_needs_rename(root):  # as bin/rename-rc-vars does, with a copy kept
-                text = (root / "config" / "overleaf.rc").read_text("utf-8")
-                import shutil as _sh
-                _sh.copy2(root / "config" / "overleaf.rc", root / "config" / f"__old-overleaf.rc.{time.strftime('%Y%m%d%H%M%S')}")
-                from manifests.atomic import atomic_write_bytes
-                atomic_write_bytes(root / "config" / "overleaf.rc", text.replace("SHARELATEX_", "OVERLEAF_").encode())
+                tk.rename_sharelatex_vars(["overleaf.rc"])
                 audit.record("config", "renamed SHARELATEX_ keys in overleaf.rc")
             for key, value in pull_settings_needed(cfg).items():
                 tk.set_rc(key, value, keep_copy=True)

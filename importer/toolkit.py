@@ -122,11 +122,11 @@ class Toolkit:
     def set_env(self, key: str, value: str | None, *, keep_copy: bool = False) -> bool:
         return self._edit("variables.env", key, value, keep_copy=keep_copy)
 
-    def rename_sharelatex_vars(self) -> list[str]:
-        """SHARELATEX_ -> OVERLEAF_ in variables.env and overleaf.rc, dropping the legacy TEXMFVAR line,
-        each changed file first copied to ``config/__old-<name>.<timestamp>``. Idempotent."""
+    def rename_sharelatex_vars(self, names: Sequence[str] = ("variables.env", "overleaf.rc")) -> list[str]:
+        """SHARELATEX_ -> OVERLEAF_ in the given config files (default both), dropping the legacy TEXMFVAR
+        line, each changed file first copied to ``config/__old-<name>.<timestamp>``. Idempotent."""
         changed = []
-        for name in ("variables.env", "overleaf.rc"):
+        for name in names:
             path = self.config / name
             if not path.exists():
                 continue
