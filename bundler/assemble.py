@@ -1,15 +1,14 @@
-"""Write the payload tarball into parts, and move a finished bundle into place.
+"""Write the payload into parts, and move a finished bundle into place.
 
-The payload is a plain tar stream (``tarfile`` ``w|``, PAX format) written into
-:class:`manifests.payload.PartWriter`. Its members are the cached blobs under the names
+The payload is a strict ustar stream (:func:`manifests.payload.member_header`) written
+into :class:`manifests.payload.PartWriter`. Its members are the blobs under the names
 :attr:`manifests.bundle.BlobEntry.path` gives (``blobs/sha256/<hex>`` or ``...<hex>.zst``)
-with deterministic headers (mode 0644, mtime 0, owner 0, no user names), in the order
-an importer can stream: every config first, then the layers in the order the images
-need them, bottom layer first. The same blobs give the same bytes.
+in the order an importer can stream: every manifest and config first, then the layers
+in the order the images need them, bottom layer first. The same blobs give the same bytes.
 
-    order = blob_order(images, stored={...})
+    order = payload_order([(manifest_digest, config_digest, layers), ...], stored={...})
     with PartWriter(stage, max_part_size) as w:
-        write_payload(w, [cache.get(d) for d in order])
+        write_payload(w, [(entry, path), ...])
 """
 from __future__ import annotations
 
@@ -17,15 +16,15 @@ import errno
 import hashlib
 import os
 import shutil
-import tarfile
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from manifests.atomic import fsync_dir
-from manifests.bundle import MANIFEST_NAME
-from manifests.errors import OutputError
+from manifests.bundle import MANIFEST_NAME, BlobEntry
+from manifests.errors import AirgapError, OutputError
+from manifests.payload import END_OF_ARCHIVE, member_header, padding
 
-from .cache import CHUNK, CachedBlob, CacheError
+CHUNK = 1024 * 1024
 
 # what a bundle folder (or a folder of parts) may hold: --force replaces only such folders
 BUNDLE_NAMES = {"manifest.json", "manifest.json.sig", "signing-key.pub", "README-OFFLINE.txt",
@@ -33,74 +32,71 @@ BUNDLE_NAMES = {"manifest.json", "manifest.json.sig", "signing-key.pub", "README
 STAGING_NAME = ".overleaf-bundle-staging"   # inside --out when --out is a mount point
 
 
-def blob_order(images: Sequence[tuple[str, Sequence[str]]], stored: set[str]) -> list[str]:
-    """Configs first (image order), then layers bottom-first, each digest once; only ``stored`` ones.
+class CacheError(AirgapError):
+    """A fetched blob in the work folder is damaged (it has been removed; the next run fetches it again)."""
 
-    ``images`` is ``[(config digest, diff_ids), ...]`` in the order the plan uses them.
+    exit_code = 14
+
+
+def payload_order(images: Sequence[tuple[str, str, Sequence[str]]], stored: set[str]) -> list[str]:
+    """Manifests and configs first (image order), then layers bottom-first, each digest once; only ``stored``.
+
+    ``images`` is ``[(manifest digest, config digest, layer digests), ...]`` in plan order.
     """
     order: list[str] = []
     seen: set[str] = set()
-    for cfg, _ in images:
-        if cfg in stored and cfg not in seen:
-            order.append(cfg)
-            seen.add(cfg)
-    for _, diff_ids in images:
-        for d in diff_ids:
-            if d in stored and d not in seen:
-                order.append(d)
-                seen.add(d)
+
+    def add(d: str) -> None:
+        if d in stored and d not in seen:
+            order.append(d)
+            seen.add(d)
+    for manifest, config, _ in images:
+        add(manifest)
+        add(config)
+    for _, _, layers in images:
+        for d in layers:
+            add(d)
     return order
 
 
-def tar_header(path: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(path)
-    info.size = size
-    info.mtime = 0
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.type = tarfile.REGTYPE
-    return info
+def _expected_stored_digest(entry: BlobEntry) -> str | None:
+    """The sha256 the stored file must have, when it is the blob itself (zstd forms are checked on load)."""
+    return entry.digest[7:] if entry.encoding == "none" else None
 
 
-class _VerifyingReader:
-    """Reads a cache file for tarfile, hashing it; the caller checks the hash at the end."""
+def write_payload(out, blobs: Iterable[tuple[BlobEntry, Path]], *,
+                  on_bytes: Callable[[int], None] | None = None) -> None:
+    """Write the payload of ``blobs`` (in the given order) into the file object ``out``.
 
-    def __init__(self, fh, on_bytes: Callable[[int], None] | None) -> None:
-        self.fh = fh
-        self.hash = hashlib.sha256()
-        self.on_bytes = on_bytes
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.fh.read(n)
-        self.hash.update(data)
-        if data and self.on_bytes is not None:
-            self.on_bytes(len(data))
-        return data
-
-
-def write_payload(out, blobs: Iterable[CachedBlob], *, on_bytes: Callable[[int], None] | None = None,
-                  on_damaged: Callable[[CachedBlob], None] | None = None) -> None:
-    """Write the payload tar of ``blobs`` (in the given order) into the file object ``out``."""
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK,
-                      copybufsize=CHUNK) as tar:
-        for blob in blobs:
-            with open(blob.path, "rb") as fh:
-                reader = _VerifyingReader(fh, on_bytes)
-                try:
-                    tar.addfile(tar_header(blob.entry.path, blob.stored_size), reader)
-                except OSError as exc:
-                    if exc.errno is None:   # tarfile: "unexpected end of data"
-                        if on_damaged:
-                            on_damaged(blob)
-                        raise CacheError(f"the cached blob {blob.path.name} is shorter than recorded; "
-                                         "it has been removed", "Run the same build again.") from exc
-                    raise
-                if reader.hash.hexdigest() != blob.stored_sha256:
-                    if on_damaged:
-                        on_damaged(blob)
-                    raise CacheError(f"the cached blob {blob.path.name} was damaged on disk; it has been removed",
-                                     "Run the same build again: it exports that image again.")
+    Each stored file is re-hashed as it is copied: a blob damaged on disk since it was fetched is
+    removed and the build stops (the next run fetches it again)."""
+    for entry, path in blobs:
+        out.write(member_header(entry.path, entry.stored_size))
+        h = hashlib.sha256()
+        n = 0
+        with open(path, "rb") as fh:
+            while n < entry.stored_size:
+                chunk = fh.read(min(CHUNK, entry.stored_size - n))
+                if not chunk:
+                    break
+                out.write(chunk)
+                h.update(chunk)
+                n += len(chunk)
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
+            extra = fh.read(1)
+        if extra:
+            n += 1
+        expected = _expected_stored_digest(entry)
+        if n != entry.stored_size or (expected is not None and h.hexdigest() != expected):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            raise CacheError(f"the fetched blob {path.name} changed on disk since it was fetched; it has been "
+                             "removed", "Run the same build again: it fetches that blob again.")
+        out.write(padding(entry.stored_size))
+    out.write(END_OF_ARCHIVE)
 
 
 # --- the output folder ------------------------------------------------------------------------

@@ -81,7 +81,13 @@ def build_cmd(
     mirror: Optional[List[str]] = typer.Option(None, "--mirror", metavar="REGISTRY=HOST[:PORT][/PREFIX]",
                                                help="Pull REGISTRY's images from a mirror, repeatable; e.g. "
                                                     "docker.io=127.0.0.1:5000 quay.io=127.0.0.1:5000/quay.io"),
-    toolkit: Optional[Path] = typer.Option(None, "--toolkit", help="Carry this Overleaf Toolkit git checkout."),
+    toolkit: Optional[Path] = typer.Option(None, "--carry-toolkit", metavar="CHECKOUT",
+                                           help="Carry this Overleaf Toolkit git checkout (its code, as a git "
+                                                "bundle) so that the offline host can update its Toolkit."),
+    recompress: Optional[str] = typer.Option(None, "--recompress", metavar="zstd",
+                                             help="Re-encode layers with zstd (smaller on media; image digests "
+                                                  "then differ from upstream). Default: exact upstream bytes."),
+    workers: int = typer.Option(4, "--workers", help="Parallel blob downloads (1-32)."),
     expires: str = typer.Option("30d", "--expires", metavar="DURATION", help="Validity: 30d, 12h, 2w..."),
     sequence: Optional[int] = typer.Option(None, "--sequence", help="Bundle sequence number (default: unix time)."),
     have: Optional[Path] = typer.Option(None, "--have", metavar="RECEIPT",
@@ -97,7 +103,7 @@ def build_cmd(
     keep_work: bool = typer.Option(False, "--keep-work", help="Keep the work folder (blob cache) after success."),
     json_out: bool = _json_opt(),
 ) -> None:
-    """Pull, export and pack the plan's images into a signed bundle split into parts."""
+    """Fetch the plan's images from their registries (no engine needed) into a signed bundle split into parts."""
     CTX.json = CTX.json or json_out
 
     def go() -> None:
@@ -115,7 +121,7 @@ def build_cmd(
             max_part_size=part, platform=platform, mirrors=tuple(mirror or ()), toolkit=toolkit,
             expires=parse_duration(expires), sequence=sequence, have=have, offline_python=offline_python,
             offline_platforms=tuple(offline_platform or (DEFAULT_OFFLINE_PLATFORM,)), importer=not no_importer,
-            force=force, work_dir=work_dir, keep_work=keep_work)
+            force=force, work_dir=work_dir, keep_work=keep_work, recompress=recompress, workers=workers)
         builder = Builder(opts, _CliReporter())
         plan = builder.check()
         try:
