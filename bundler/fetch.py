@@ -163,6 +163,9 @@ class FetchedImage:
     layers: tuple[Descriptor, ...]         # in manifest order
     platform: str                          # os/arch[/variant], from the config
 
+    def __hash__(self) -> int:  # index_entry is a dict: hash the identity only
+        return hash((self.ref, self.manifest_digest, self.platform))
+
     @property
     def config_digest(self) -> str:
         return self.config.digest

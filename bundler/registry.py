@@ -23,19 +23,13 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from manifests.errors import AirgapError, DiskSpaceError, EngineError, RegistryError
+from manifests.errors import AirgapError, DiskSpaceError, EngineError, RegistryError, UsageError  # noqa: F401 (re-exported)
 
 DOCKER_HUB = "docker.io"
 _HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 _DOMAIN_RE = re.compile(r"^(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)(?::[0-9]+)?$")
 _PLATFORM_RE = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$")
 ENGINE_TIMEOUT = 3600  # seconds: a big export or pull keeps the engine busy before the first byte
-
-
-class UsageError(AirgapError):
-    """A command-line value is invalid (exit code 2, like a usage error)."""
-
-    exit_code = 2
 
 
 # --- references --------------------------------------------------------------------------

@@ -565,7 +565,7 @@ class RegistryClient:
                 resp = self._session.get(realm, params=params, timeout=self.timeout,
                                          auth=(cred.username, cred.secret) if cred is not None else _NoNetrc())
         except requests.exceptions.RequestException as exc:
-            raise self._network_error(exc, realm, "get an access token from") from None
+            raise self._network_error(exc, realm, f"an access token for {self.host}") from None
         with resp:
             if resp.status_code in (401, 403):
                 who = f"the login stored for {self.host}" if cred is not None else "anonymous access"
@@ -665,24 +665,24 @@ class RegistryClient:
         low = text.lower()
         if isinstance(exc, requests.exceptions.SSLError):
             return RegistryUnreachableError(
-                f"TLS with {host} failed while trying to {what}: {text}",
+                f"TLS with {host} failed (for {what}): {text}",
                 "If the registry speaks plain HTTP, use the insecure-registry option for it; if it uses a private CA, "
                 "add the CA to the system's trust store or set REQUESTS_CA_BUNDLE.")
         if isinstance(exc, requests.exceptions.ConnectTimeout):
-            return RegistryUnreachableError(f"connecting to {host} timed out while trying to {what}",
+            return RegistryUnreachableError(f"connecting to {host} timed out (for {what})",
                                             "Check the network, the proxy (HTTPS_PROXY/NO_PROXY) and the address.")
         if isinstance(exc, requests.exceptions.ReadTimeout):
-            return RegistryUnreachableError(f"{host} stopped answering ({self.timeout:g} s without data) while trying "
-                                            f"to {what}", "Run the same command again: finished downloads are kept.")
+            return RegistryUnreachableError(f"{host} stopped answering ({self.timeout:g} s without data) "
+                                            f"(for {what})", "Run the same command again: finished downloads are kept.")
         if any(k in low for k in ("name or service not known", "nodename nor servname", "temporary failure in name",
                                   "nameresolutionerror", "failed to resolve", "getaddrinfo failed",
                                   "no address associated")):
-            return RegistryUnreachableError(f"cannot resolve the registry host {host} (DNS) to {what}",
+            return RegistryUnreachableError(f"cannot resolve the registry host {host} (DNS) (for {what})",
                                             "Check the name, the DNS settings, and --mirror.")
         if "connection refused" in low:
-            return RegistryUnreachableError(f"{host} refused the connection (nothing listens there) to {what}",
+            return RegistryUnreachableError(f"{host} refused the connection: nothing listens there (for {what})",
                                             "Check the address and port, and that the registry is running.")
-        return RegistryUnreachableError(f"cannot reach {host} to {what}: {text}",
+        return RegistryUnreachableError(f"cannot reach {host} (for {what}): {text}",
                                         "Check the network, the proxy settings and the registry address.")
 
     # -- reading --
@@ -712,7 +712,7 @@ class RegistryClient:
                         raise RegistryError(f"the registry {self.host} served a {what} larger than 4 MiB",
                                             "That is not an image manifest; check the reference.")
             except requests.exceptions.RequestException as exc:
-                raise self._network_error(exc, resp.url, f"read {what}") from None
+                raise self._network_error(exc, resp.url, what) from None
             served = resp.headers.get("Docker-Content-Digest")
             media_type = manifest_kind(bytes(data), resp.headers.get("Content-Type"))
         algorithm = reference.split(":", 1)[0] if by_digest else "sha256"
@@ -823,7 +823,7 @@ class RegistryClient:
                 except requests.exceptions.RequestException as exc:
                     failures += 1
                     if failures > retries:
-                        err = self._network_error(exc, resp.url, f"download {what}")
+                        err = self._network_error(exc, resp.url, what)
                         raise type(err)(err.message + " (the partial download is kept)",
                                         "Run the same command again: the download resumes where it stopped.") from None
                     continue

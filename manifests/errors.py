@@ -27,6 +27,12 @@ class AirgapError(Exception):
         return self.message if not self.hint else f"{self.message}\n  -> {self.hint}"
 
 
+class UsageError(AirgapError):
+    """A command-line value is invalid (exit code 2, like a usage error)."""
+
+    exit_code = 2
+
+
 # --- catalog and planning -------------------------------------------------------------
 class CatalogError(AirgapError):
     """The release catalog (or an overlay) is malformed: names the bad entry."""

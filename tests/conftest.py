@@ -4,6 +4,14 @@ An engine or registry that cannot start makes the tests that use it fail
 (the fixture raises), in CI and locally alike: tests that need Docker never skip.
 Tests using these fixtures get the ``engine`` marker automatically, so
 ``pytest -m "not engine"`` runs only the pure tests.
+
+Engines: ``engine`` (the online host) and ``offline_engine`` use the classic
+image store (Engine 20.10 on Debian 12, 26 with the snapshotter off on Debian 13);
+``containerd_engine`` is an offline host on Engine 26 with the containerd image
+store, whose ``env()`` offers Compose v2 (``docker compose``);
+``each_offline_engine`` runs a test once on each offline kind (ids ``classic``
+and ``containerd``). ``engine.env(compose="v1")`` gives Compose v1 where the
+machine has it (Debian 12).
 """
 
 from __future__ import annotations
@@ -14,7 +22,9 @@ import pytest
 
 from tests.support.engine import PrivateEngine, PrivateRegistry, seed_overleaf_images
 
-ENGINE_FIXTURES = {"engine", "offline_engine", "registry", "synthetic_images"}
+ENGINE_FIXTURES = {
+    "engine", "offline_engine", "containerd_engine", "each_offline_engine", "registry", "synthetic_images",
+}  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -35,6 +45,21 @@ def offline_engine() -> Iterator[PrivateEngine]:
     """A second, independent engine: the "offline" host."""
     with PrivateEngine(name="offline") as started:
         yield started
+
+
+@pytest.fixture(scope="session")
+def containerd_engine() -> Iterator[PrivateEngine]:
+    """An offline host on Docker Engine 26 with the containerd image store; ``env()`` offers Compose v2."""
+    with PrivateEngine(name="ctrd", store="containerd", compose="v2") as started:
+        yield started
+
+
+@pytest.fixture(params=["classic", "containerd"])
+def each_offline_engine(request: pytest.FixtureRequest) -> PrivateEngine:
+    """``offline_engine`` then ``containerd_engine``: a test using this runs on both image stores."""
+    name = "offline_engine" if request.param == "classic" else "containerd_engine"
+    engine: PrivateEngine = request.getfixturevalue(name)
+    return engine
 
 
 @pytest.fixture(scope="session")

@@ -6,17 +6,24 @@ import json
 import subprocess
 import urllib.request
 import zlib
+from pathlib import Path
 
 import docker
 import pytest
 
+import tests.support.engine as engine_module
 from tests.support.engine import (
     BASE_IMAGE,
+    SNAPSHOTTER_DRIVER_TYPE,
+    ComposeUnavailable,
+    EngineSetupError,
     MiB,
     DataLayer,
     PrivateEngine,
     PrivateRegistry,
     build_image,
+    engine26_bin_dir,
+    find_compose_v1,
     mirror_reference,
     push_to_registry,
     seed_overleaf_images,
@@ -193,3 +200,157 @@ def test_an_engine_that_cannot_start_raises_with_its_log() -> None:
     with pytest.raises(RuntimeError, match="no-such-driver"):
         broken.start(timeout=30)
     assert not broken.dir.exists()
+
+
+# --- the second engine kind: Engine 26 with the containerd image store, and Compose v1 / v2 ----------------
+
+
+def _docker(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_image_store_is_read_from_the_driver_status() -> None:
+    snapshotter = {"Driver": "overlayfs", "DriverStatus": [["driver-type", SNAPSHOTTER_DRIVER_TYPE]]}
+    overlay2 = {"Driver": "overlay2", "DriverStatus": [["Backing Filesystem", "extfs"], ["Supports d_type", "true"]]}
+    assert PrivateEngine.image_store_of(snapshotter) == "containerd"
+    assert PrivateEngine.image_store_of(overlay2) == "classic"
+    assert PrivateEngine.image_store_of({"DriverStatus": None}) == "classic"
+
+
+@pytest.mark.engine
+def test_containerd_engine_reports_the_snapshotter(containerd_engine: PrivateEngine) -> None:
+    info = containerd_engine.client().info()
+    assert [["driver-type", SNAPSHOTTER_DRIVER_TYPE]] == [p for p in info["DriverStatus"] if p[0] == "driver-type"]
+    assert int(info["ServerVersion"].split(".")[0]) >= 26
+    assert containerd_engine.store == "containerd" == PrivateEngine.image_store_of(info)
+    out = _docker(containerd_engine.env(), "info", "--format", "{{json .DriverStatus}}")
+    assert SNAPSHOTTER_DRIVER_TYPE in out.stdout, out.stderr
+
+
+@pytest.mark.engine
+def test_classic_engine_does_not_report_the_snapshotter(offline_engine: PrivateEngine) -> None:
+    info = offline_engine.client().info()
+    assert info["Driver"] == "overlay2"
+    assert PrivateEngine.image_store_of(info) == "classic" == offline_engine.store
+
+
+@pytest.mark.engine
+def test_containerd_engine_builds_and_runs_a_synthetic_image(containerd_engine: PrivateEngine) -> None:
+    image = build_image(containerd_engine, "airgap-test/hello:26", {"/etc/greeting": "hello from 26\n"})
+    client = containerd_engine.client()
+    assert _run(client, "airgap-test/hello:26", ["cat", "/etc/greeting"]) == b"hello from 26\n"
+    assert client.images.get("airgap-test/hello:26").id == image.id
+    base = _layers(client, BASE_IMAGE)
+    assert _layers(client, "airgap-test/hello:26")[: len(base)] == base
+
+
+@pytest.mark.engine
+def test_containerd_engine_pushes_and_the_image_id_is_the_pushed_manifest_digest(
+    containerd_engine: PrivateEngine, registry: PrivateRegistry
+) -> None:
+    refs = seed_overleaf_images(containerd_engine, redis=["7.2"])
+    mirrors = {"docker.io": f"{registry.address}/ctrd"}
+    pushed = push_to_registry(containerd_engine, registry, refs, mirrors=mirrors)
+    assert pushed == {"redis:7.2": f"{registry.address}/ctrd/library/redis:7.2"}
+    assert registry.tags("ctrd/library/redis") == ["7.2"]
+    accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+    request = urllib.request.Request(f"{registry.url}/v2/ctrd/library/redis/manifests/7.2", headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        digest = answer.headers["Docker-Content-Digest"]
+    assert containerd_engine.client().images.get("redis:7.2").id == digest  # containerd store: ID = manifest digest
+
+
+@pytest.mark.engine
+def test_compose_v2_env_gives_docker_compose(containerd_engine: PrivateEngine) -> None:
+    env = containerd_engine.compose_env("v2")
+    plugin = Path(env["DOCKER_CONFIG"], "cli-plugins", "docker-compose")
+    assert plugin.is_file()
+    out = _docker(env, "compose", "version", "--short")
+    assert out.returncode == 0 and out.stdout.startswith("2."), out.stderr
+    assert containerd_engine.env()["DOCKER_CONFIG"] == env["DOCKER_CONFIG"]  # the fixture's default is v2
+    answer = _docker(env, "compose", "-p", "oa-infra", "ls", "--all", "--format", "json")
+    assert answer.returncode == 0 and json.loads(answer.stdout or "[]") == [], answer.stderr  # reaches the engine
+
+
+def _machine_has_compose_v1() -> bool:
+    """Debian 12's docker-compose package is Compose v1; Debian 13's is Compose v2 (and v1 is gone)."""
+    return int(Path("/etc/debian_version").read_text().split(".")[0]) <= 12
+
+
+@pytest.mark.engine
+def test_compose_v1_env_makes_the_cli_fall_back(offline_engine: PrivateEngine) -> None:
+    if not _machine_has_compose_v1():  # Debian 13: asking for v1 is a clear error, not a silent v2
+        assert find_compose_v1() is None
+        with pytest.raises(ComposeUnavailable, match="Compose v1"):
+            offline_engine.compose_env("v1")
+        return
+    env = offline_engine.compose_env("v1")
+    assert not Path(env["DOCKER_CONFIG"], "cli-plugins", "docker-compose").exists()
+    assert _docker(env, "compose", "version").returncode != 0  # so the Toolkit uses docker-compose
+    v1 = subprocess.run(["docker-compose", "version", "--short"], env=env, capture_output=True, text=True, timeout=120)
+    assert v1.returncode == 0 and v1.stdout.startswith("1."), v1.stderr
+    ps = subprocess.run(["docker-compose", "-p", "oa-infra", "-f", "/dev/null", "ps"], env=env,
+                        capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert "Cannot connect" not in ps.stderr  # v1 reaches the engine through DOCKER_HOST
+    with_v2 = offline_engine.compose_env("v2")
+    assert _docker(with_v2, "compose", "version").returncode == 0  # the classic engine can have v2 as well
+
+
+def _containerd_namespaces(engine: PrivateEngine) -> set[str]:
+    ctr = [str(engine.bin_dir / "ctr")] if engine.bin_dir else ["ctr"]
+    out = subprocess.run([*ctr, "--address", str(engine.containerd_socket), "namespaces", "ls", "-q"],
+                         capture_output=True, text=True, check=True, timeout=60)  # fmt: skip
+    return set(out.stdout.split())
+
+
+@pytest.mark.engine
+def test_classic_and_containerd_engines_run_side_by_side(
+    offline_engine: PrivateEngine, containerd_engine: PrivateEngine
+) -> None:
+    classic, ctrd = offline_engine.client(), containerd_engine.client()
+    assert classic.info()["DockerRootDir"] != ctrd.info()["DockerRootDir"]
+    assert offline_engine.containerd_socket != containerd_engine.containerd_socket
+    build_image(offline_engine, "airgap-test/where:1", {"/where": "classic\n"})
+    build_image(containerd_engine, "airgap-test/where:1", {"/where": "containerd\n"})
+    sleeper = classic.containers.run("airgap-test/where:1", ["run-forever"], network_mode="none", detach=True)
+    try:
+        assert _run(ctrd, "airgap-test/where:1", ["cat", "/where"]) == b"containerd\n"
+        assert _run(classic, "airgap-test/where:1", ["cat", "/where"]) == b"classic\n"
+        assert [c.id for c in ctrd.containers.list(all=True)] == []  # the classic engine's container is not here
+    finally:
+        sleeper.remove(force=True)
+    # each engine has its own containerd, holding only its own namespaces (images live in the containerd one's)
+    assert containerd_engine.namespace in _containerd_namespaces(containerd_engine)
+    assert containerd_engine.namespace not in _containerd_namespaces(offline_engine)
+    assert offline_engine.namespace not in _containerd_namespaces(containerd_engine)
+
+
+@pytest.mark.engine
+def test_each_offline_engine_runs_on_both_stores(each_offline_engine: PrivateEngine) -> None:
+    build_image(each_offline_engine, "airgap-test/each:1", {"/store": each_offline_engine.store + "\n"})
+    output = _run(each_offline_engine.client(), "airgap-test/each:1", ["cat", "/store"])
+    assert output.decode().strip() == each_offline_engine.store
+
+
+def test_a_missing_engine26_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(engine_module, "ENGINE26_CACHE", tmp_path / "engine26")
+    monkeypatch.setattr(engine_module, "_engine_major", lambda dockerd: 20)  # the machine's engine is 20.10
+    engine26_bin_dir.cache_clear()
+    try:
+        with pytest.raises(EngineSetupError, match=r"no Docker Engine 26.*tests/setup\.sh"):
+            engine26_bin_dir()
+        engine = PrivateEngine(name="no26", store="containerd")
+        with pytest.raises(EngineSetupError, match="Engine 26"):
+            engine.start()
+        assert not engine.dir.exists()
+    finally:
+        engine26_bin_dir.cache_clear()
+
+
+@pytest.mark.engine
+def test_an_engine_with_another_store_than_asked_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(PrivateEngine, "image_store_of", staticmethod(lambda info: "containerd"))
+    engine = PrivateEngine(name="mismatch")  # classic asked for, "containerd" reported
+    with pytest.raises(EngineSetupError, match="uses the containerd image store, not the classic one"):
+        engine.start(timeout=30)
+    assert not engine.dir.exists()

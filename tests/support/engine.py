@@ -1,12 +1,18 @@
 """Real Docker engines, a real registry and synthetic images, for tests, demos and benchmarks.
 
 Nothing here is mocked: it starts the machine's own ``dockerd`` (Debian
-``docker.io``, Engine 20.10) and ``docker-registry`` (Distribution 2.8) as root,
-and builds images offline from a static busybox (Debian ``busybox-static``).
+``docker.io``: Engine 20.10 on Debian 12, 26 on Debian 13) and ``docker-registry``
+(Distribution 2.8) as root, and builds images offline from a static busybox
+(Debian ``busybox-static``).
 
-- :class:`PrivateEngine`: a throw-away ``dockerd`` with its own data root, exec
-  root, socket and pidfile, so that several run side by side (an "online" and
-  an "offline" host) without touching the machine's own engine.
+- :class:`PrivateEngine`: a throw-away ``dockerd`` with its own containerd, data
+  root, exec root, socket and pidfile, so that several run side by side (an
+  "online" and an "offline" host) without touching the machine's own engine.
+  ``store="classic"`` is the machine's engine with the classic overlay2 store;
+  ``store="containerd"`` is Docker Engine 26 with the containerd image store
+  (on Debian 12 the Debian 13 binaries that tests/fetch_engine26.sh unpacks, see
+  :func:`engine26_bin_dir`). ``engine.env(compose="v2"|"v1")`` picks the Compose
+  the Docker CLI and the Toolkit find.
 - :class:`PrivateRegistry`: a throw-away registry on loopback.
 - :func:`build_image`: a small image, ``FROM`` a shared busybox base, with
   files and optional big data layers (:class:`DataLayer`).
@@ -24,11 +30,15 @@ Example::
         refs = seed_overleaf_images(engine, ["5.5.4"], mongo=["6.0"], redis=["7.4"])
         push_to_registry(engine, registry, refs)
         print(engine.host, registry.address, registry.tags("library/mongo"))
+
+    with PrivateEngine(name="c26", store="containerd") as engine:
+        subprocess.run(["docker", "compose", "version"], env=engine.env(compose="v2"), check=True)
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import io
 import json
 import os
@@ -64,6 +74,27 @@ FileContent = bytes | str
 
 _MTIME = 1_700_000_000  # fixed mtime of the files in a build context, so that rebuilds hit the cache
 _SBIN_PATH = ":/usr/local/sbin:/usr/sbin:/sbin"
+
+ImageStore = Literal["classic", "containerd"]
+ComposeVersion = Literal["v1", "v2"]
+
+ENGINE26_CACHE = Path(os.environ.get("OVERLEAF_AIRGAP_ENGINE26", "/var/cache/overleaf-airgap-test/engine26"))
+"""Where tests/fetch_engine26.sh unpacks Engine 26 on Debian 12 (``bin/``, ``compose-v2/cli-plugins/``)."""
+
+SNAPSHOTTER_DRIVER_TYPE = "io.containerd.snapshotter.v1"
+"""``docker info`` DriverStatus ``driver-type`` of an engine using the containerd image store."""
+
+_SYSTEM_PLUGIN_DIRS = tuple(
+    Path(d, "docker/cli-plugins") for d in ("/usr/local/lib", "/usr/local/libexec", "/usr/lib", "/usr/libexec")
+)  # where the Docker CLI looks for plugins besides $DOCKER_CONFIG/cli-plugins
+
+
+class EngineSetupError(RuntimeError):
+    """A private engine is missing, does not start, or is not the kind asked for (message says what to do)."""
+
+
+class ComposeUnavailable(RuntimeError):
+    """The Compose version asked for cannot be offered on this machine (message says why)."""
 
 
 def _log_tail(path: Path, lines: int = 40) -> str:
@@ -125,18 +156,85 @@ def _unmount_under(directory: Path) -> None:
             subprocess.run(["umount", "-l", point], capture_output=True)
 
 
+def _engine_major(dockerd: str) -> int:
+    """The major version of a ``dockerd`` binary (``Docker version 26.1.5+dfsg1, build ...`` -> 26); 0 if unknown."""
+    try:
+        out = subprocess.run([dockerd, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    match = re.search(r"version (\d+)\.", out)
+    return int(match.group(1)) if match else 0
+
+
+def _system_path() -> str:
+    return os.environ.get("PATH", "") + _SBIN_PATH
+
+
+@functools.cache
+def engine26_bin_dir() -> Path | None:
+    """Where the engine for ``store="containerd"`` comes from: ``None`` for the machine's own (Engine 26 or newer).
+
+    On Debian 13 the machine's ``docker.io`` is Engine 26 and is used as is; on
+    Debian 12 it is 20.10, and tests/fetch_engine26.sh (run by tests/setup.sh)
+    unpacks Debian 13's ``dockerd``, ``docker-proxy``, ``containerd``,
+    ``containerd-shim-runc-v2`` and ``ctr`` into ``ENGINE26_CACHE/bin`` (put first
+    on PATH, so that Debian 12's ``runc`` is the one used). EngineSetupError if neither is there.
+    """
+    system = shutil.which("dockerd", path=_system_path())
+    if system is not None and _engine_major(system) >= 26:
+        return None
+    cached = ENGINE26_CACHE / "bin"
+    if (cached / "dockerd").is_file() and (cached / "containerd").is_file():
+        return cached
+    raise EngineSetupError(
+        f"no Docker Engine 26 for the containerd image store: the machine's dockerd is "
+        f"{'missing' if system is None else 'older'} and {cached} is empty; "
+        "run `bash tests/setup.sh` as root (it fetches Debian 13's engine on Debian 12)"
+    )
+
+
+def find_compose_v2_plugin() -> Path | None:
+    """The Compose v2 CLI plugin: the one tests/fetch_engine26.sh unpacked, else one installed system-wide."""
+    for folder in (ENGINE26_CACHE / "compose-v2/cli-plugins", *_SYSTEM_PLUGIN_DIRS):
+        if (folder / "docker-compose").is_file():
+            return folder / "docker-compose"
+    return None
+
+
+def find_compose_v1() -> Path | None:
+    """A ``docker-compose`` on PATH that is Compose v1 (``docker-compose version 1.x``); None otherwise."""
+    found = shutil.which("docker-compose")
+    if found is None:
+        return None
+    try:
+        out = subprocess.run([found, "version", "--short"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return Path(found) if out.strip().startswith("1.") else None
+
+
 class PrivateEngine:
-    """A throw-away ``dockerd`` with its own data root, exec root, socket and pidfile.
+    """A throw-away ``dockerd`` with its own containerd, data root, exec root, socket and pidfile.
 
     ``with PrivateEngine(name="offline") as engine: engine.client().images.list()``
 
     Everything lives in one short directory (``/tmp/oa-NAME-XXXX`` unless
-    ``base_dir`` is given): ``data/`` (data root), ``exec/`` (exec root),
-    ``docker.sock``, ``pid``, ``daemon.json`` (empty, so that the machine's
-    ``/etc/docker/daemon.json`` is not read) and ``dockerd.log``. Each engine
-    also gets its own containerd namespaces, in case dockerd attaches to a
-    system containerd instead of starting its own. ``stop()`` removes the
-    directory unless ``keep=True``. Needs root.
+    ``base_dir`` is given): ``data/`` (data root; the containerd content and
+    snapshots in ``data/containerd/daemon``), ``exec/`` (exec root; containerd's
+    state and socket in ``exec/containerd``), ``docker.sock``, ``pid``,
+    ``daemon.json`` (so that the machine's ``/etc/docker/daemon.json`` is not
+    read), ``containerd.toml``, ``dockerd.log``, ``containerd.log`` and the
+    Docker CLI config folders of :meth:`env`. The engine never attaches to the
+    machine's containerd (dockerd would, whenever ``/run/containerd/containerd.sock``
+    exists): each engine starts a containerd of its own and hands it to dockerd with
+    ``--containerd``, and uses containerd namespaces of its own as well.
+
+    ``store="classic"``: the machine's dockerd with the classic store
+    (``overlay2`` unless ``storage_driver`` says otherwise). ``store="containerd"``:
+    Engine 26 (:func:`engine26_bin_dir`) with
+    ``{"features": {"containerd-snapshotter": true}}``; ``start()`` checks that
+    ``docker info`` reports the store asked for. ``compose`` is the default of
+    :meth:`env`. ``stop()`` removes the directory unless ``keep=True``. Needs root.
     """
 
     def __init__(
@@ -145,11 +243,19 @@ class PrivateEngine:
         *,
         name: str = "engine",
         keep: bool = False,
-        storage_driver: str | None = "overlay2",
+        storage_driver: str | None = None,
+        store: ImageStore = "classic",
+        compose: ComposeVersion | None = None,
     ) -> None:
+        if store not in ("classic", "containerd"):
+            raise ValueError(f"store must be 'classic' or 'containerd', not {store!r}")
+        if compose not in (None, "v1", "v2"):
+            raise ValueError(f"compose must be 'v1', 'v2' or None, not {compose!r}")
         self.name = name
         self.keep = keep
-        self.storage_driver = storage_driver
+        self.store: ImageStore = store
+        self.compose: ComposeVersion | None = compose
+        self.storage_driver = storage_driver if storage_driver or store == "containerd" else "overlay2"
         self.dir = Path(base_dir) if base_dir is not None else _short_tempdir(name)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_root = self.dir / "data"
@@ -157,14 +263,21 @@ class PrivateEngine:
         self.socket = self.dir / "docker.sock"
         self.pidfile = self.dir / "pid"
         self.log_path = self.dir / "dockerd.log"
+        self.containerd_socket = self.exec_root / "containerd" / "containerd.sock"
+        self.containerd_log_path = self.dir / "containerd.log"
         self.host = f"unix://{self.socket}"
-        if len(os.fsencode(self.socket)) >= 100:
-            raise ValueError(f"socket path too long for a unix socket (max ~100 bytes): {self.socket}")
+        for path in (self.socket, Path(f"{self.containerd_socket}.ttrpc")):
+            if len(os.fsencode(path)) >= 100:
+                raise ValueError(f"socket path too long for a unix socket (max ~100 bytes): {path}")
+        self.namespace = "oa" + re.sub(r"[^a-z0-9]", "", self.dir.name.lower())
+        self.bin_dir: Path | None = None
+        self.version = ""
         self._proc: subprocess.Popen[bytes] | None = None
+        self._containerd: subprocess.Popen[bytes] | None = None
         self._clients: dict[int, docker.DockerClient] = {}
 
     def __repr__(self) -> str:
-        return f"PrivateEngine(name={self.name!r}, host={self.host!r})"
+        return f"PrivateEngine(name={self.name!r}, store={self.store!r}, host={self.host!r})"
 
     def __enter__(self) -> PrivateEngine:
         return self.start()
@@ -172,37 +285,86 @@ class PrivateEngine:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @property
+    def path(self) -> str:
+        """PATH for this engine's daemons and the commands run against it: its own bin folder first, if any."""
+        return f"{self.bin_dir}:{_system_path()}" if self.bin_dir else _system_path()
+
+    def _start_containerd(self, deadline: float) -> str | None:
+        """Start this engine's own containerd; None once its socket is there, else what went wrong."""
+        containerd = shutil.which("containerd", path=self.path)
+        if containerd is None:
+            return "containerd not found: install it with `apt-get install docker.io` (as root)"
+        state = self.containerd_socket.parent
+        config = self.dir / "containerd.toml"
+        config.write_text(
+            "version = 2\n"
+            f'root = "{self.data_root / "containerd" / "daemon"}"\n'
+            f'state = "{state}"\n'
+            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+            f'[grpc]\n  address = "{self.containerd_socket}"\n'
+            '[debug]\n  address = ""\n[metrics]\n  address = ""\n'
+        )
+        with self.containerd_log_path.open("ab") as log:
+            self._containerd = subprocess.Popen(
+                [containerd, "--config", str(config)], env={**os.environ, "PATH": self.path},
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        while not self.containerd_socket.exists():
+            if self._containerd.poll() is not None:
+                tail = _log_tail(self.containerd_log_path)
+                code = self._containerd.returncode
+                return f"containerd exited with code {code}\n--- containerd log (tail) ---\n{tail}"
+            if time.monotonic() > deadline:
+                return "containerd did not create its socket in time"
+            time.sleep(0.1)
+        return None
+
     def start(self, timeout: float = 60.0) -> PrivateEngine:
-        """Start dockerd and wait until its API answers; RuntimeError (with the log's tail) if it does not."""
+        """Start containerd and dockerd, wait until the API answers and check the image store.
+
+        EngineSetupError (a RuntimeError, with the log's tail) if it does not start or is not the store asked for.
+        """
         if self._proc is not None:
             return self
-        dockerd = shutil.which("dockerd", path=os.environ.get("PATH", "") + _SBIN_PATH)
-        if dockerd is None:
-            raise RuntimeError("dockerd not found: install the engine with `apt-get install docker.io` (as root)")
-        if os.geteuid() != 0:
-            raise RuntimeError("a private dockerd needs root: run the tests as root")
+        try:
+            if os.geteuid() != 0:
+                raise EngineSetupError("a private dockerd needs root: run the tests as root")
+            self.bin_dir = engine26_bin_dir() if self.store == "containerd" else None
+            dockerd = shutil.which("dockerd", path=self.path)
+            if dockerd is None:
+                raise EngineSetupError("dockerd not found: install the engine with `apt-get install docker.io` (root)")
+        except EngineSetupError:
+            self.stop()
+            raise
+        atexit.register(self.stop)
+        deadline = time.monotonic() + timeout
+        problem = self._start_containerd(deadline)
+        if problem:
+            self.stop()
+            raise EngineSetupError(f"private engine {self.name!r} failed to start: {problem}")
         config = self.dir / "daemon.json"
-        config.write_text("{}\n")
-        namespace = "oa" + re.sub(r"[^a-z0-9]", "", self.dir.name.lower())
+        features = {"features": {"containerd-snapshotter": True}} if self.store == "containerd" else {}
+        config.write_text(json.dumps(features) + "\n")
         args = [
             dockerd,
             "--config-file", str(config),
+            "--containerd", str(self.containerd_socket),
             "--data-root", str(self.data_root),
             "--exec-root", str(self.exec_root),
             "-H", self.host,
             "--pidfile", str(self.pidfile),
             "--iptables=false", "--ip6tables=false", "--bridge=none",
-            "--containerd-namespace", namespace,
-            "--containerd-plugins-namespace", namespace + "-plugins",
+            "--containerd-namespace", self.namespace,
+            "--containerd-plugins-namespace", self.namespace + "-plugins",
         ]  # fmt: skip
         if self.storage_driver:
             args += ["--storage-driver", self.storage_driver]
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        atexit.register(self.stop)
-        deadline = time.monotonic() + timeout
+                args, env={**os.environ, "PATH": self.path},
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
         while True:
             problem = None
             if self._proc.poll() is not None:
@@ -211,25 +373,98 @@ class PrivateEngine:
                 problem = f"dockerd did not answer within {timeout:.0f}s"
             elif self.socket.exists():
                 try:
-                    with docker.APIClient(base_url=self.host, version="auto", timeout=5):
-                        return self
+                    with docker.APIClient(base_url=self.host, version="auto", timeout=5) as api:
+                        info = api.info()
+                    break
                 except docker.errors.DockerException:
                     pass
             if problem:
                 message = f"private engine {self.name!r} failed to start: {problem}\n--- {self.log_path} (tail) ---\n"
                 message += _log_tail(self.log_path)
                 self.stop()
-                raise RuntimeError(message)
+                raise EngineSetupError(message)
             time.sleep(0.2)
+        self.version = str(info.get("ServerVersion", ""))
+        reported = self.image_store_of(info)
+        if reported != self.store:
+            driver = f"{info.get('Driver')} {info.get('DriverStatus')}"
+            self.stop()
+            raise EngineSetupError(
+                f"private engine {self.name!r} (dockerd {self.version}) uses the {reported} image store, "
+                f"not the {self.store} one asked for (storage driver: {driver}); "
+                + ("the containerd store needs Engine 24 or newer with the containerd-snapshotter feature"
+                   if self.store == "containerd" else "the classic store needs the containerd-snapshotter feature off")
+            )  # fmt: skip
+        return self
 
-    def env(self) -> dict[str, str]:
-        """``os.environ`` pointing the docker CLI (and docker-py's ``from_env``) at this engine."""
+    @staticmethod
+    def image_store_of(info: Mapping[str, Any]) -> ImageStore:
+        """``"containerd"`` if ``docker info`` (as a dict) reports the snapshotter driver type, else ``"classic"``."""
+        status = info.get("DriverStatus") or []
+        snapshotter = any(list(pair)[:2] == ["driver-type", SNAPSHOTTER_DRIVER_TYPE] for pair in status)
+        return "containerd" if snapshotter else "classic"
+
+    def env(self, compose: ComposeVersion | None = None) -> dict[str, str]:
+        """``os.environ`` pointing the docker CLI (and docker-py's ``from_env``) at this engine.
+
+        ``compose`` (default: the engine's ``compose``) also picks the Compose the
+        CLI and the Toolkit find, through a ``DOCKER_CONFIG`` of this engine's own
+        (see :meth:`compose_env`); ``None`` leaves ``DOCKER_CONFIG`` as it is.
+        PATH starts with the engine's bin folder, if it has one.
+        """
         env = dict(os.environ)
         for key in ("DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
             env.pop(key, None)
         env["DOCKER_HOST"] = self.host
-        env["DOCKER_BUILDKIT"] = "0"  # the legacy builder builds offline; BuildKit on 20.10 is not set up here
+        env["DOCKER_BUILDKIT"] = "0"  # the legacy builder builds offline; BuildKit is not set up here
+        if self.bin_dir:
+            env["PATH"] = f"{self.bin_dir}:{env.get('PATH', '')}"
+        compose = compose or self.compose
+        if compose:
+            env["DOCKER_CONFIG"] = str(self._docker_config(compose))
         return env
+
+    def compose_env(self, version: ComposeVersion = "v2") -> dict[str, str]:
+        """:meth:`env` where the Toolkit (``docker compose`` if it answers, else ``docker-compose``) finds ``version``.
+
+        ``"v2"``: ``DOCKER_CONFIG`` holds ``cli-plugins/docker-compose`` (the
+        Compose v2 plugin), so ``docker compose`` answers. ``"v1"``: a
+        ``DOCKER_CONFIG`` without the plugin, so ``docker compose`` fails and
+        ``docker-compose`` (Compose v1 on PATH) is used. ComposeUnavailable when
+        the machine cannot offer that version (no plugin; no Compose v1, as on
+        Debian 13, whose ``docker-compose`` is v2; or a v2 plugin installed
+        system-wide, which the CLI would find anyway).
+        """
+        return self.env(compose=version)
+
+    def _docker_config(self, version: ComposeVersion) -> Path:
+        folder = self.dir / f"docker-config-{version}"
+        plugins = folder / "cli-plugins"
+        if version == "v2":
+            plugin = find_compose_v2_plugin()
+            if plugin is None:
+                raise ComposeUnavailable(
+                    "Compose v2 not found (no cli-plugins/docker-compose): run `bash tests/setup.sh` as root"
+                )
+            plugins.mkdir(parents=True, exist_ok=True)
+            link = plugins / "docker-compose"
+            if not link.is_symlink():
+                link.symlink_to(plugin)
+        else:
+            if find_compose_v1() is None:
+                raise ComposeUnavailable(
+                    "Compose v1 is not installed on this machine (`docker-compose` on PATH is missing or not 1.x; "
+                    "Debian 13 has only Compose v2): run the Compose v1 tests on Debian 12, where `apt-get install "
+                    "docker-compose` gives v1"
+                )
+            system = [str(d) for d in _SYSTEM_PLUGIN_DIRS if (d / "docker-compose").exists()]
+            if system:
+                raise ComposeUnavailable(
+                    f"a Compose v2 plugin is installed system-wide ({', '.join(system)}): `docker compose` answers "
+                    "whatever DOCKER_CONFIG says, so the Toolkit would never use Compose v1 here"
+                )
+            folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def client(self, timeout: int = 600) -> docker.DockerClient:
         """A docker-py client for this engine (API version negotiated; one per timeout, closed by ``stop()``)."""
@@ -238,16 +473,23 @@ class PrivateEngine:
         return self._clients[timeout]
 
     def stop(self) -> None:
-        """Stop dockerd (SIGTERM, then SIGKILL), unmount what it left, remove the directory unless ``keep``."""
+        """Stop dockerd, then its containerd (SIGTERM, then SIGKILL); unmount what they left; remove the directory.
+
+        The directory stays when ``keep=True``.
+        """
         atexit.unregister(self.stop)
         for client in self._clients.values():
             client.close()
         self._clients.clear()
         proc, self._proc = self._proc, None
         _stop_process(proc, timeout=30)
-        if proc is not None and proc.returncode == -signal.SIGKILL:  # nobody shut its containers down
+        killed = proc is not None and proc.returncode == -signal.SIGKILL  # nobody shut its containers down
+        if killed:
             _delete_containers(self.exec_root)
-            _kill_processes_under(self.dir)
+        containerd, self._containerd = self._containerd, None
+        _stop_process(containerd, timeout=15)
+        if killed or (containerd is not None and containerd.returncode == -signal.SIGKILL):
+            _kill_processes_under(self.dir)  # shims and the like
             time.sleep(0.5)
         if self.dir.exists():
             _unmount_under(self.dir)
