@@ -288,7 +288,7 @@ class Builder:
                 images[f.ref] = PackedImage.from_fetched(f, store)
         local = self.local_refs
         if local:
-            from .local_export import export_local
+            from .local_export import LocalImageMissingError, export_local
             from .registry import connect_engine
 
             self.r.log(f"exporting {len(local)} local-only image(s) from the engine: {', '.join(local)}")
@@ -296,8 +296,11 @@ class Builder:
             with self.r.bar(None, "export") as bar:
                 for ref in local:
                     try:
-                        images[ref] = PackedImage.from_local(export_local(client, ref, store.root,
-                                                                          on_bytes=bar.update))
+                        images[ref] = PackedImage.from_reencoded(export_local(client, ref, store.root,
+                                                                              on_bytes=bar.update))
+                    except LocalImageMissingError as exc:
+                        raise LocalImageMissingError(f"{exc.message}, needed by plan step(s) {self.needed_by(ref)}",
+                                                     exc.hint) from None
                     except OSError as exc:
                         self._raise_if_full(exc, f"while exporting {ref} into {store.root}", work)
                         raise
@@ -315,9 +318,9 @@ class Builder:
                     out.append(img)
                     continue
                 self.r.log(f"{img.ref}: re-encoding its layers (zstd); its digest will differ from upstream")
-                out.append(PackedImage.from_local(recompress_image(img.to_fetched_view(), store.root,
-                                                                   on_bytes=bar.update),
-                                                  upstream_digest=img.upstream_digest, source=img.source))
+                out.append(PackedImage.from_reencoded(recompress_image(
+                    store.root, img.ref, img.manifest_digest, upstream_digest=img.upstream_digest,
+                    on_bytes=bar.update)))
         return out
 
     # --- 3. delta --------------------------------------------------------------------------

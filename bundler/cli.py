@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 
 from manifests.catalog import default_overlay_path, load_catalog
-from manifests.console import CTX, emit_json, run, say
+from manifests.console import CTX, emit_json, run, safe, say
 from manifests.planner import PlanRequest, UpgradePlan, make_plan
 from manifests.toolkit_config import read_toolkit
 
@@ -76,7 +76,7 @@ def render_plan(plan: UpgradePlan) -> str:
         lines.append("Assumed already on the host (the current stack): " + ", ".join(d["assumed_present"]))
     for w in d["warnings"]:
         lines.append(f"! {w}")
-    return "\n".join(lines)
+    return "\n".join(safe(line) for line in lines)
 
 
 @app.command()
@@ -119,7 +119,7 @@ def catalog_show() -> None:
                 flags.append(f"use {r.fixed_in}")
             if r.from_overlay:
                 flags.append("overlay")
-            say(f"{str(r.version):10s} {r.date or '':10s} {', '.join(flags):28s} {r.source}")
+            say(f"{str(r.version):10s} {safe(r.date or ''):10s} {', '.join(flags):28s} {safe(r.source)}")
         say(f"latest: CE {cat.latest('ce')}, Server Pro {cat.latest('pro')}")
     run(go)
 
@@ -141,9 +141,10 @@ def catalog_refresh(
             emit_json({"added": res.added, "new_majors": res.new_majors, "tags_seen": res.known,
                        "overlay": str(res.overlay)})
             return
-        say(f"{res.known} tags read; new releases recorded in {res.overlay}: {', '.join(res.added) or 'none'}")
+        say(f"{res.known} tags read; new releases recorded in {safe(res.overlay)}: "
+            f"{safe(', '.join(res.added) or 'none')}")
         for t in res.new_majors:
-            say(f"! {t} belongs to a major this tool has no upgrade rules for: it is reported, never planned "
+            say(f"! {safe(t)} belongs to a major this tool has no upgrade rules for: it is reported, never planned "
                 "through. Update overleaf-airgap for it.")
     run(go)
 

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from manifests.bundle import MANIFEST_NAME, SIGNATURE_NAME, BundleManifest, parse_iso
+from manifests.console import safe
 from manifests.errors import IntegrityError
+from manifests.safeio import MANIFEST_CAP, read_regular
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,12 @@ def _expired(m: BundleManifest) -> bool:
 def inspect_bundle(path: Path) -> Inspection:
     path = Path(path)
     folder = path.parent if path.name == MANIFEST_NAME and path.is_file() else path
-    try:
-        data = (folder / MANIFEST_NAME).read_bytes()
-    except OSError as exc:
-        raise IntegrityError(f"cannot read {folder / MANIFEST_NAME}: {exc.strerror}",
-                             "Pass the bundle folder (the one holding manifest.json).") from exc
+    try:  # bounded, regular file only, never blocks on a FIFO
+        data = read_regular(folder / MANIFEST_NAME, MANIFEST_CAP, "the manifest", IntegrityError, follow_symlinks=True,
+                            hint="Pass the bundle folder (the one holding manifest.json).")
+    except FileNotFoundError:
+        raise IntegrityError(f"cannot read {folder / MANIFEST_NAME}: no such file",
+                             "Pass the bundle folder (the one holding manifest.json).") from None
     m = BundleManifest.from_bytes(data)
     present: dict[str, str] = {}
     for ref in (*m.parts, *m.files):
@@ -104,4 +107,5 @@ def render_inspect(info: Inspection) -> str:
                   f"receipt sha256 {str(m.delta.get('receipt_sha256', ''))[:16]}"]
     else:
         L += ["", "Full bundle (no layers left out)."]
-    return "\n".join(L)
+    # every line holds values from an unverified manifest: no control character reaches the terminal
+    return "\n".join(safe(line) for line in L)

@@ -1,6 +1,16 @@
 """README-OFFLINE.txt: what the offline admin runs, in order, in plain text.
 
-    text = offline_readme(manifest_fields, plan_dict, files=[...])
+The first commands need nothing but stock tools, and each one only trusts what the
+one before checked: (a) ``openssl pkeyutl -verify`` checks ``manifest.json`` against
+the key the admin received out of band; (b) a python3 one-liner (standard library
+only) checks every listed file against the now-trusted manifest and refuses any file
+in ``wheels/`` the manifest does not list (exit code 1); (c) ``pip install --no-index
+--require-hashes -r wheels/requirements.txt`` installs only the pinned, listed wheels.
+The commands are indented by exactly five spaces (continued lines end with a
+backslash), so that tests can run them as written (:func:`commands`).
+
+    text = offline_readme(edition="ce", from_version="5.5.3", ..., wheels=True, toolkit=None, delta=None)
+    commands(text)[:3]     # the signature check, the file check, the venv
 """
 from __future__ import annotations
 
@@ -8,6 +18,38 @@ import textwrap
 from typing import Any, Sequence
 
 from manifests.bundle import MANIFEST_NAME, PUBKEY_NAME, SIGNATURE_NAME
+
+
+VENV = "~/overleaf-airgap-venv"
+INDENT = "     "
+# (b): stdlib only; reads the manifest that (a) verified; exit code 1 and "BAD: ..." on any problem
+CHECK_FILES = (
+    "python3 -c 'import hashlib,json,os,sys; m=json.load(open(\"manifest.json\",\"rb\")); "
+    "h={f[\"name\"]: f[\"sha256\"] for f in m[\"files\"]}; "
+    "bad=[n for n in sorted(h) if os.path.islink(n) or not os.path.isfile(n) or "
+    "hashlib.sha256(open(n,\"rb\").read()).hexdigest()!=h[n]]; "
+    "bad+=[\"wheels/\"+n+\" (not in the manifest)\" for n in sorted(os.listdir(\"wheels\") "
+    "if os.path.isdir(\"wheels\") else []) if \"wheels/\"+n not in h]; "
+    "sys.exit(\"BAD: \"+\", \".join(bad)) if bad else "
+    "print(\"OK: every listed file matches and wheels/ holds nothing else\")'")
+INSTALL = (f"{VENV}/bin/python3 -m pip install --no-index --require-hashes --find-links wheels \\\n"
+           f"{INDENT}    -r wheels/requirements.txt")
+
+
+def commands(text: str) -> list[str]:
+    """Every command of a README-OFFLINE text, in order (lines indented by five spaces, joined where a
+    line ends with a backslash)."""
+    out: list[str] = []
+    cont = False
+    for line in text.splitlines():
+        if cont:
+            out[-1] = out[-1][:-1].rstrip() + " " + line.strip()
+        elif line.startswith(INDENT) and not line.startswith(INDENT + " ") and line.strip():
+            out.append(line.strip())
+        else:
+            continue
+        cont = out[-1].endswith("\\")
+    return out
 
 
 def _human(n: int) -> str:
@@ -54,25 +96,29 @@ def offline_readme(*, edition: str, from_version: str, to_version: str, bundle_i
                         "because the offline host already had them (per its inventory receipt). Load it only on "
                         "that host.", "  ")]
     L += ["", "WHAT TO RUN, IN ORDER", "---------------------", "",
+          "Run everything in this folder (cd into it first). Each step trusts only what the",
+          "step before it checked: do not skip one, and stop at the first failure.", "",
           "1. Check the signature FIRST, with the public key you obtained out of band",
           "   (from the online operator directly, not from this medium):", "",
-          "     openssl pkeyutl -verify -pubin -inkey TRUSTED-KEY.pub -rawin \\",
-          f"         -in {MANIFEST_NAME} -sigfile {SIGNATURE_NAME}", "",
+          f"{INDENT}openssl pkeyutl -verify -pubin -inkey TRUSTED-KEY.pub -rawin \\",
+          f"{INDENT}    -in {MANIFEST_NAME} -sigfile {SIGNATURE_NAME}", "",
           '   It must print "Signature Verified Successfully". If it does not, stop: the',
           "   bundle is damaged or not from your operator. (OpenSSL 3.0 or later.)", ""]
     step = 2
     if wheels or toolkit:
-        L += [f"{step}. Check the small files against the signed {MANIFEST_NAME} before using them:", "",
-              "     python3 -c 'import json,hashlib; m=json.load(open(\"manifest.json\")); "
-              "bad=[f[\"name\"] for f in m[\"files\"] if hashlib.sha256(open(f[\"name\"],\"rb\")"
-              ".read()).hexdigest()!=f[\"sha256\"]]; print(\"BAD:\",bad if bad else \"none\")'", "",
-              '   It must print "BAD: none".', ""]
+        L += [f"{step}. Check every small file against the signed {MANIFEST_NAME}, and that wheels/",
+              "   holds nothing the manifest does not list (python3 standard library only):", "",
+              f"{INDENT}{CHECK_FILES}", "",
+              '   It must print "OK: ...". "BAD: ..." (exit code 1) names each damaged, missing',
+              "   or unlisted file: stop, and copy the bundle again from the original media.", ""]
         step += 1
     if wheels:
-        L += [f"{step}. Install the importer from this bundle (no internet needed; Python 3.11+):", "",
-              "     python3 -m venv ~/overleaf-airgap-venv",
-              "     ~/overleaf-airgap-venv/bin/pip install --no-index --find-links wheels overleaf-airgap",
-              "     export PATH=~/overleaf-airgap-venv/bin:$PATH", ""]
+        L += [f"{step}. Install the importer from this bundle (no internet needed; Python 3.11+).",
+              "   pip installs exactly the wheels pinned by sha256 in wheels/requirements.txt",
+              "   (checked in step 2), and refuses anything else:", "",
+              f"{INDENT}python3 -m venv {VENV}",
+              f"{INDENT}{INSTALL}",
+              f"{INDENT}export PATH={VENV}/bin:$PATH", ""]
         step += 1
     L += [f"{step}. Trust the operator's public key on this host (once), then verify the whole",
           "   bundle (signature, expiry, sequence, every part's sha256):", "",

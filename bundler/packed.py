@@ -18,16 +18,7 @@ from manifests.bundle import BlobEntry, ImageEntry
 
 if TYPE_CHECKING:
     from .fetch import BlobStore, FetchedImage
-
-
-def _get(obj: Any, *names: str, default: Any = None) -> Any:
-    """The first attribute (or key) of ``names`` that ``obj`` has."""
-    for n in names:
-        if isinstance(obj, dict) and n in obj:
-            return obj[n]
-        if hasattr(obj, n):
-            return getattr(obj, n)
-    return default
+    from .recompress import ReencodedImage
 
 
 @dataclass(frozen=True)
@@ -72,14 +63,7 @@ class PackedImage:
                    "registry", tuple(blobs))
 
     @classmethod
-    def from_local(cls, img: Any, *, upstream_digest: str | None = None, source: str = "local") -> "PackedImage":
-        """From a re-encoded image (:mod:`bundler.local_export` or :mod:`bundler.recompress`)."""
-        blobs = []
-        for b in _get(img, "blobs"):
-            entry = BlobEntry(_get(b, "digest"), _get(b, "kind"), _get(b, "media_type"), int(_get(b, "size")),
-                              _get(b, "encoding"), int(_get(b, "stored_size")))
-            blobs.append((entry, Path(_get(b, "path", "stored_path"))))
-        config = _get(img, "config_digest", "id")
-        return cls(_get(img, "ref"), config, tuple(_get(img, "diff_ids")), tuple(_get(img, "layers")),
-                   _get(img, "platform"), _get(img, "manifest_digest"), upstream_digest, None, False, source,
-                   tuple(blobs))
+    def from_reencoded(cls, img: "ReencodedImage") -> "PackedImage":
+        """From :mod:`bundler.local_export` or :mod:`bundler.recompress`: layers as zstd-stored tars."""
+        return cls(img.ref, img.config_digest, img.diff_ids, img.layers, img.platform, img.manifest_digest,
+                   img.upstream_digest, None, False, img.source, tuple((b.entry, b.path) for b in img.blobs))

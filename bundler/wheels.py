@@ -1,23 +1,38 @@
-"""The importer as wheels, so that the offline host can ``pip install --no-index`` it.
+"""The importer as wheels, so that the offline host can ``pip install --no-index --require-hashes`` it.
 
-* overleaf-airgap itself: ``pip wheel --no-deps`` of the source tree beside ``bundler/``
-  (a source checkout, editable install or not). An install without its source tree
-  cannot rebuild itself: that is an error that says so.
+* overleaf-airgap itself (:func:`own_wheel`): when this code runs from a source tree
+  (a checkout, or an editable install), ``pip wheel --no-deps`` of that tree; when it
+  runs from a regular ``pip install .``, the wheel is rebuilt from the installed
+  distribution itself (:func:`wheel_from_installed`: every file its ``RECORD`` lists,
+  checked against the hash recorded at install time, plus its metadata). No source
+  tree is needed.
 * its runtime dependencies (``importlib.metadata.requires``, extras skipped), with
   their own dependencies: ``pip download --only-binary=:all:`` for the offline host's
   Python version and platform. ``manylinux_2_28_x86_64`` means glibc 2.28 or newer,
   so every older manylinux tag (down to manylinux1) is accepted too.
+* ``wheels/requirements.txt`` (:func:`write_requirements`): every wheel pinned as
+  ``name==version --hash=sha256:...``, so that ``pip install --no-index
+  --require-hashes -r wheels/requirements.txt`` installs exactly these files and
+  nothing else that lies in the folder (a planted ``overleaf_airgap-99.0-...whl`` is
+  never even considered). The bundle lists it in the signed manifest like the wheels.
 
 Downloads land in the build's work folder and are reused by the next run.
 
     wheels = collect_wheels(work / "wheels", python="3.11", platforms=["manylinux_2_28_x86_64"])
+    for w in wheels: shutil.copyfile(w, stage / "wheels" / w.name)
+    write_requirements(stage / "wheels", [stage / "wheels" / w.name for w in wheels])
 """
 from __future__ import annotations
 
+import base64
+import csv
+import hashlib
+import io
 import os
 import re
 import subprocess
 import sys
+import zipfile
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,6 +42,12 @@ from manifests.errors import AirgapError
 from .registry import UsageError
 
 DIST = "overleaf-airgap"
+REQUIREMENTS = "requirements.txt"
+# name-version(-build)?-python-abi-platform.whl (PEP 427)
+WHEEL_NAME_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.]*)-(?P<version>[A-Za-z0-9_.!+]+)"
+                           r"(?:-(?P<build>\d[A-Za-z0-9_]*))?-(?P<tags>[A-Za-z0-9_.]+-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+)\.whl$")
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_SKIP_META = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json", "RECORD.jws", "RECORD.p7s"}
 _MANYLINUX = re.compile(r"^manylinux_(\d+)_(\d+)_([a-z0-9_]+)$")
 _LEGACY = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
 
@@ -100,19 +121,166 @@ def _pip(args: list[str], what: str, log: Callable[[str], None]) -> str:
     return proc.stdout
 
 
+def _source_tree() -> Path | None:
+    try:
+        return project_root()
+    except UsageError:
+        return None
+
+
+def own_wheel(out: Path, log: Callable[[str], None] = lambda m: None) -> Path:
+    """overleaf-airgap's own wheel in ``out``: from the source tree this code runs from, or else
+    rebuilt from the installed distribution (a regular ``pip install .``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.whl"):
+        old.unlink()
+    root = _source_tree()
+    if root is not None:
+        _pip(["wheel", "--no-deps", "--quiet", "-w", str(out), str(root)], "building the overleaf-airgap wheel", log)
+        built = sorted(out.glob("overleaf_airgap-*.whl"))
+        if not built:
+            raise WheelError("pip built no overleaf-airgap wheel")
+        return built[-1]
+    wheel = wheel_from_installed(DIST, out)
+    log(f"rebuilt {wheel.name} from the installed distribution")
+    return wheel
+
+
+def _record_hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def _wheel_tag(wheel_meta: str) -> str:
+    """The compressed tag set of a dist-info ``WHEEL`` file: ``py3-none-any``, ``cp37-abi3-manylinux_2_28_x86_64``."""
+    tags = [t.strip() for k, _, t in (line.partition(":") for line in wheel_meta.splitlines())
+            if k.strip().lower() == "tag" and t.strip()]
+    if not tags:
+        raise WheelError("the installed distribution's WHEEL file names no tag")
+    parts = [t.split("-") for t in tags]
+    if any(len(p) != 3 for p in parts):
+        raise WheelError(f"bad wheel tag in the installed distribution: {tags}")
+    return "-".join(".".join(sorted({p[i] for p in parts})) for i in range(3))
+
+
+def wheel_from_installed(name: str, out: Path, *, check_record: bool = True) -> Path:
+    """Rebuild the wheel of the installed (not editable) distribution ``name`` into ``out``.
+
+    Takes every file the distribution's ``RECORD`` lists inside its install folder
+    (compiled ``.pyc`` files and scripts outside it are left out: pip makes them again
+    from ``entry_points.txt``), checks each against the hash ``RECORD`` holds (a file
+    changed since install is an error), and writes a deterministic wheel (sorted
+    entries, fixed dates, ``.dist-info`` last) with a fresh ``RECORD``.
+    ``check_record=False`` takes files as they are now (tests: a host may patch certifi's CA list).
+    """
+    try:
+        dist = metadata.distribution(name)
+    except metadata.PackageNotFoundError as exc:
+        raise WheelError(f"{name} is not installed, so its wheel cannot be rebuilt",
+                         "Install it (pip install .) or pass --no-importer.") from exc
+    files = dist.files
+    if not files:
+        raise WheelError(f"the installed {name} has no RECORD of its files, so its wheel cannot be rebuilt",
+                         "Install it with pip (pip install .), or run the bundler from a source checkout.")
+    info_dirs = {f.parts[0] for f in files if len(f.parts) == 2 and f.parts[0].endswith(".dist-info")
+                 and f.parts[1] == "METADATA"}
+    if len(info_dirs) != 1:
+        raise WheelError(f"the installed {name}'s RECORD does not name one .dist-info folder")
+    info = info_dirs.pop()
+    entries: list[tuple[str, bytes, int]] = []
+    for f in files:
+        rel = f.as_posix()
+        if f.parts[0] == ".." or "__pycache__" in f.parts or rel.endswith(".pyc"):
+            continue
+        if f.parts[0] == info and f.parts[-1] in _SKIP_META:
+            continue
+        if rel.startswith("__editable__") or (rel.endswith(".pth") and len(f.parts) == 1):
+            raise WheelError(f"the installed {name} is an editable install: its code is in a source tree",
+                             "Run the bundler from that source tree, or install it with `pip install .`.")
+        path = Path(str(dist.locate_file(f)))
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise WheelError(f"cannot read {path} of the installed {name}: {exc.strerror}") from exc
+        if check_record and f.hash is not None and (f.hash.mode != "sha256" or _record_hash(data) != f"sha256={f.hash.value}"):
+            raise WheelError(f"{path} of the installed {name} changed since it was installed",
+                             f"Reinstall {name} (pip install --force-reinstall .) before building.")
+        mode = os.stat(path).st_mode & 0o777
+        entries.append((rel, data, 0o755 if mode & 0o111 else 0o644))
+    names = {e[0] for e in entries}
+    for need in (f"{info}/METADATA", f"{info}/WHEEL"):
+        if need not in names:
+            raise WheelError(f"the installed {name} lacks {need}")
+    wheel_meta = next(d for n, d, _ in entries if n == f"{info}/WHEEL").decode("utf-8", "replace")
+    stem = info[: -len(".dist-info")]
+    wheel_name = f"{stem}-{_wheel_tag(wheel_meta)}.whl"
+    if not WHEEL_NAME_RE.match(wheel_name):
+        raise WheelError(f"cannot make a wheel name for the installed {name} ({wheel_name})")
+    entries.sort(key=lambda e: (e[0].startswith(info + "/"), e[0]))
+    record = io.StringIO()
+    writer = csv.writer(record, lineterminator="\n")
+    for rel, data, _ in entries:
+        writer.writerow([rel, _record_hash(data), len(data)])
+    writer.writerow([f"{info}/RECORD", "", ""])
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / wheel_name
+    tmp = target.with_name(target.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for rel, data, mode in [*entries, (f"{info}/RECORD", record.getvalue().encode(), 0o644)]:
+            zi = zipfile.ZipInfo(rel, date_time=_ZIP_DATE)
+            zi.external_attr = (0o100000 | mode) << 16
+            zi.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(zi, data)
+    tmp.replace(target)
+    return target
+
+
+def parse_wheel_name(filename: str) -> tuple[str, str]:
+    """(normalised project name, version) of a wheel file name, e.g. ('pyyaml', '6.0.3')."""
+    m = WHEEL_NAME_RE.match(filename)
+    if not m:
+        raise WheelError(f"{filename} is not a wheel file name (name-version-python-abi-platform.whl)")
+    return re.sub(r"[-_.]+", "-", m.group("name")).lower(), m.group("version")
+
+
+def requirements_text(wheels: Sequence[Path]) -> str:
+    """``name==version --hash=sha256:...`` for every wheel, one project per line (sorted).
+
+    Two wheels of one project (other platform tags) share a line with two hashes; two
+    different versions of one project are an error: pip could install only one.
+    """
+    by_name: dict[str, tuple[str, list[str]]] = {}
+    for w in sorted(wheels, key=lambda p: p.name):
+        name, version = parse_wheel_name(w.name)
+        digest = hashlib.sha256(Path(w).read_bytes()).hexdigest()
+        if name in by_name and by_name[name][0] != version:
+            raise WheelError(f"two versions of {name} among the wheels ({by_name[name][0]} and {version})",
+                             "Remove the stale one from the wheel cache and build again.")
+        by_name.setdefault(name, (version, []))[1].append(digest)
+    lines = ["# The importer and its dependencies, pinned by sha256 (written by overleaf-bundle build).",
+             "# Install with: python3 -m pip install --no-index --require-hashes --find-links wheels "
+             "-r wheels/requirements.txt"]
+    for name, (version, digests) in sorted(by_name.items()):
+        lines.append(f"{name}=={version} " + " ".join(f"--hash=sha256:{d}" for d in sorted(set(digests))))
+    return "\n".join(lines) + "\n"
+
+
+def write_requirements(folder: Path, wheels: Sequence[Path]) -> Path:
+    """Write ``folder/requirements.txt`` pinning ``wheels`` (see :func:`requirements_text`); return its path."""
+    folder = Path(folder)
+    path = folder / REQUIREMENTS
+    path.write_text(requirements_text(wheels), "utf-8")
+    return path
+
+
 def collect_wheels(cache: Path, *, python: str, platforms: Sequence[str],
                    log: Callable[[str], None] = lambda m: None) -> list[Path]:
     """Build overleaf-airgap's wheel and download its dependencies into ``cache``; return the wheels."""
-    root = project_root()
     if not re.match(r"^3\.\d+$", python):
         raise UsageError(f"--offline-python {python!r} is not a Python version like 3.11")
     own = cache / "project"
     deps = cache / "deps"
-    own.mkdir(parents=True, exist_ok=True)
     deps.mkdir(parents=True, exist_ok=True)
-    for old in own.glob("*.whl"):
-        old.unlink()
-    _pip(["wheel", "--no-deps", "--quiet", "-w", str(own), str(root)], "building the overleaf-airgap wheel", log)
+    own_whl = own_wheel(own, log)
     reqs = runtime_requirements()
     if reqs:
         plat_args = [a for p in expand_platforms(platforms) for a in ("--platform", p)]
@@ -124,14 +292,18 @@ def collect_wheels(cache: Path, *, python: str, platforms: Sequence[str],
         dep_wheels = picked or sorted(deps.glob("*.whl"))
     else:
         dep_wheels = []
-    wheels = sorted(own.glob("*.whl")) + dep_wheels
-    if not any(w.name.startswith("overleaf_airgap-") for w in wheels):
-        raise WheelError("pip built no overleaf-airgap wheel")
-    return wheels
+    return [own_whl] + dep_wheels
 
 
 def check_available() -> None:
     """Fail early (before any pulling) when the wheels could not be made."""
-    project_root()
+    if _source_tree() is None:
+        try:
+            dist = metadata.distribution(DIST)
+        except metadata.PackageNotFoundError as exc:
+            raise UsageError(f"{DIST} is neither a source tree here nor installed",
+                             "Install it (pip install .) or pass --no-importer.") from exc
+        if not dist.files:
+            raise UsageError(f"the installed {DIST} has no RECORD of its files, so its wheel cannot be rebuilt",
+                             "Install it with pip (pip install .), or pass --no-importer.")
     runtime_requirements()
-

@@ -6,6 +6,18 @@ data path (``OVERLEAF_DATA_PATH``, ``MONGO_DATA_PATH``, ``REDIS_DATA_PATH``,
 It is made in ``<id>.partial`` and renamed when complete, so a half-made backup is
 never mistaken for one. Services must be stopped first (the caller does ``bin/stop``).
 Files keep their mode and owner (MongoDB and Redis data belong to container users).
+``backup.json`` lists what the backup does not cover (an external MongoDB or Redis).
+
+Data paths are recorded resolved (the Toolkit resolves them with ``realpath``); a restore
+works inside each path (its entries are moved aside into ``<path>/.before-rollback-<time>/``,
+the backup copied in, every checksum verified, and only then the moved-aside original
+deleted), so a mount point or a symlinked folder stays what it is. A rollback accepts a
+backup only when its recorded paths are its own folder and the Toolkit's current paths
+(:func:`check_record`).
+
+    rec = create_backup(dest, {"config": cfg_dir, "mongo": mongo_dir}, app_version="5.5.8", step_id="01-backup", major=False)
+    check_record(load_record(Path(rec.path)), Path(rec.path), {"config": cfg_dir, "mongo": mongo_dir})
+    restore_backup(rec)
 """
 from __future__ import annotations
 
@@ -15,7 +27,7 @@ import os
 import shutil
 import stat
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +49,7 @@ class BackupRecord:
     sources: dict[str, str]     # label -> original absolute path
     files: int
     bytes: int
+    not_covered: list[str] = field(default_factory=list)   # what the admin must back up themselves
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,7 +128,7 @@ def _copy_tree(src: Path, dst: Path, sums: list[str], prefix: str, on_bytes: Cal
 
 
 def create_backup(backup_dir: Path, sources: dict[str, Path], *, app_version: str, step_id: str, major: bool,
-                  on_bytes: Callable[[int], None] = lambda n: None) -> BackupRecord:
+                  on_bytes: Callable[[int], None] = lambda n: None, not_covered: list[str] | None = None) -> BackupRecord:
     backup_dir = Path(backup_dir)
     need = int(tree_size(list(sources.values())) * 1.05) + 16 * 1024 * 1024
     check_space(backup_dir, need)
@@ -126,13 +139,14 @@ def create_backup(backup_dir: Path, sources: dict[str, Path], *, app_version: st
         shutil.rmtree(work)
     sums: list[str] = []
     files = size = 0
+    sources = {k: Path(os.path.realpath(v)) for k, v in sources.items()}
     for label, src in sources.items():
         if not src.exists():
             continue
         f, s = _copy_tree(src, work / label, sums, label, on_bytes)
         files, size = files + f, size + s
     record = BackupRecord(bid, str(final), iso(utc_now()), app_version, step_id, major,
-                          {k: str(v) for k, v in sources.items() if v.exists()}, files, size)
+                          {k: str(v) for k, v in sources.items() if v.exists()}, files, size, list(not_covered or []))
     atomic_write_bytes(work / "SHA256SUMS", ("\n".join(sums) + "\n").encode())
     atomic_write_bytes(work / "backup.json", json.dumps(record.to_dict(), indent=2).encode())
     os.replace(work, final)
@@ -171,15 +185,48 @@ def verify_tree(base: Path, sums: dict[str, str], labels: dict[str, Path] | None
     return bad
 
 
+MAX_RECORD = 1024 * 1024
+
+
 def load_record(path: Path) -> BackupRecord:
+    f = Path(path) / "backup.json"
     try:
-        return BackupRecord(**json.loads((Path(path) / "backup.json").read_text("utf-8")))
+        st = os.stat(f)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_RECORD:
+            raise ValueError("not a regular file of at most 1 MiB")
+        data = json.loads(f.read_text("utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        known = set(BackupRecord.__dataclass_fields__)
+        return BackupRecord(**{k: v for k, v in data.items() if k in known})
     except (OSError, ValueError, TypeError) as exc:
         raise ToolkitError(f"{path} is not a complete backup: {exc}") from exc
 
 
+def check_record(record: BackupRecord, folder: Path, current: dict[str, Path]) -> None:
+    """Refuse a backup whose ``backup.json`` names another folder than its own, or paths that are not the
+    Toolkit's current config/ and data paths (a restore replaces and deletes what they name)."""
+    own = Path(os.path.realpath(folder))
+    if Path(os.path.realpath(record.path)) != own:
+        raise ToolkitError(f"backup {record.id}: backup.json says it lives in {record.path}, but it is in {own}",
+                           "Do not move or edit backups; choose another one with --backup ID.")
+    want = {k: Path(os.path.realpath(v)) for k, v in current.items()}
+    for label, original in record.sources.items():
+        if not isinstance(label, str) or not isinstance(original, str):
+            raise ToolkitError(f"backup {record.id}: backup.json is malformed (sources)")
+        if label not in want or Path(os.path.realpath(original)) != want[label]:
+            raise ToolkitError(f"backup {record.id}: it would restore {original!r} ({label}), which is not one of "
+                               "this Toolkit's current paths (" + ", ".join(f"{k}: {v}" for k, v in want.items()) + ")",
+                               "Restore it by hand if you must; the rollback only writes the Toolkit's own paths.")
+    for rel in read_sums(own):
+        label, _, inner = rel.partition("/")
+        if label not in record.sources or not inner or ".." in Path(inner).parts or inner.startswith("/"):
+            raise ToolkitError(f"backup {record.id}: SHA256SUMS names {rel!r}, outside the backup's paths")
+
+
 def restore_backup(record: BackupRecord) -> None:
-    """Put every source back exactly as it was in the backup; checks every file's sha256 afterwards."""
+    """Put every source back exactly as it was in the backup, inside each path (a mount point or a symlinked
+    folder stays one); the original entries are kept aside until every restored file's sha256 checks out."""
     base = Path(record.path)
     sums = read_sums(base)
     bad = verify_tree(base, sums)
@@ -187,23 +234,34 @@ def restore_backup(record: BackupRecord) -> None:
         raise ToolkitError(f"backup {record.id} is damaged: {len(bad)} file(s) differ from SHA256SUMS "
                            f"(first: {bad[0]})", "Choose another backup with --backup ID.")
     stamp = time.strftime("%Y%m%d%H%M%S")
+    targets = {label: Path(os.path.realpath(original)) for label, original in record.sources.items()}
     moved: list[tuple[Path, Path]] = []
     try:
-        for label, original in record.sources.items():
-            target = Path(original)
-            if target.exists() or target.is_symlink():
-                aside = target.with_name(f"{target.name}.before-rollback-{stamp}")
-                os.replace(target, aside)
-                moved.append((target, aside))
+        for label, target in targets.items():
+            target.mkdir(parents=True, exist_ok=True)
+            aside = target / f".before-rollback-{stamp}"
+            aside.mkdir()
+            moved.append((target, aside))
+            for entry in os.listdir(target):
+                if entry != aside.name:
+                    os.replace(target / entry, aside / entry)
             _copy_tree(base / label, target, [], label, lambda n: None)
-        bad = verify_tree(base, sums, {k: Path(v) for k, v in record.sources.items()})
+        bad = verify_tree(base, sums, targets)
         if bad:
-            raise ToolkitError(f"restored files differ from the backup ({bad[0]} ...)")
+            raise ToolkitError(f"restored files differ from the backup ({bad[0]} ...)",
+                               "The original files were put back; check the disk, then try again.")
     except BaseException:
         for target, aside in moved:  # put the pre-rollback state back
-            if target.exists():
-                shutil.rmtree(target, ignore_errors=True)
-            os.replace(aside, target)
+            for entry in os.listdir(target):
+                if entry != aside.name:
+                    p = target / entry
+                    if p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        p.unlink(missing_ok=True)
+            for entry in os.listdir(aside):
+                os.replace(aside / entry, target / entry)
+            aside.rmdir()
         raise
     for _target, aside in moved:
         shutil.rmtree(aside, ignore_errors=True)

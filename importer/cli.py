@@ -2,7 +2,7 @@
 
     overleaf-import verify BUNDLE_DIR [--trust K.pub] [--parts-from DIR ...] [--allow-expired] [--allow-downgrade]
     overleaf-import load BUNDLE_DIR [same] [--replace-tags]
-    overleaf-import push BUNDLE_DIR --registry HOST:PORT [--insecure] [--keep-tags] [same]
+    overleaf-import push BUNDLE_DIR --registry HOST[:PORT][/PREFIX] [--insecure] [same]
     overleaf-import inventory --out receipt.json
 
 Every command talks to the engine DOCKER_HOST names (the local one by default).
@@ -23,7 +23,7 @@ import typer
 
 from manifests.bundle import BundleManifest, utc_now
 from manifests.errors import BundleError
-from manifests.console import CTX, emit_json, progress, run, say, warn
+from manifests.console import CTX, emit_json, progress, run, safe, say, warn
 
 from . import engine as eng
 from .hoststate import HostState, load_trusted, state_path
@@ -58,46 +58,53 @@ def _interactive() -> bool:
 
 
 def _ask(missing: list[str]) -> Path | None:
-    say(f"Missing: {describe_missing(missing)}.")
+    say(f"Missing: {safe(describe_missing(missing))}.")
     answer = click.prompt("Insert the next disc and type the folder that holds these parts (empty: stop)",
                           default="", show_default=False, err=True).strip()
     return Path(answer).expanduser() if answer else None
 
 
 def _verified(bundle_dir: Path, trust: Optional[List[Path]], parts_from: Optional[List[Path]],
-              allow_expired: bool, allow_downgrade: bool) -> VerifiedBundle:
+              allow_expired: bool, allow_downgrade: bool, *, stream_parts: bool = False) -> VerifiedBundle:
+    """Signature, expiry, sequence and files; the parts too, unless ``stream_parts`` (then the load checks
+    each segment as it streams, one pass over the media, and records the bundle after it: see _load)."""
     trusted = load_trusted(trust or [])
     for message in trusted.skipped:
-        warn(f"ignored in the trust folder: {message}")
+        warn(f"ignored in the trust folder: {safe(message)}")
     state = HostState.load()
     for folder in parts_from or []:
         if not folder.is_dir():
-            raise BundleError(f"--parts-from {folder}: no such folder", "Check the path (is the disc mounted?).")
+            raise BundleError(f"--parts-from {safe(folder)}: no such folder", "Check the path (is the disc mounted?).")
     folders = BundleFolders(bundle_dir, parts_from or [], ask=_ask if _interactive() else None)
     bar = None
 
     def on_manifest(m: BundleManifest, warnings: list[str]) -> None:
         nonlocal bar
         source = trusted.sources.get(m.key_id)
-        say(f"Signature: good, by {m.key_id}" + (f" ({source})" if source else ""))
-        say(f"Bundle: {m.product_key} {m.from_version} -> {m.to_version}, sequence {m.sequence}, "
-            f"expires {m.expires}, {len(m.images)} image(s), {len(m.parts)} part(s)")
+        say(f"Signature: good, by {safe(m.key_id)}" + (f" ({safe(source)})" if source else ""))
+        say(f"Bundle: {safe(m.product_key)} {safe(m.from_version)} -> {safe(m.to_version)}, sequence {m.sequence}, "
+            f"expires {safe(m.expires)}, {len(m.images)} image(s), {len(m.parts)} part(s)")
         for w in warnings:
-            warn(w)
-        bar = progress(sum(p.size for p in m.parts) + sum(f.size for f in m.files), "verify")
+            warn(safe(w))
+        bar = None if stream_parts else progress(sum(p.size for p in m.parts) + sum(f.size for f in m.files),
+                                                 "verify")
 
     try:
         vb = verify_bundle(folders, trusted, state, now=utc_now(), allow_expired=allow_expired,
                            allow_downgrade=allow_downgrade, on_manifest=on_manifest,
-                           on_bytes=lambda n: bar.update(n) if bar is not None else None)
+                           on_bytes=lambda n: bar.update(n) if bar is not None else None, stream_parts=stream_parts)
     finally:
         if bar is not None:
             bar.close()
     r = vb.report
+    if stream_parts:
+        say(f"Contents: {len(vb.manifest.files)} file(s) intact, {len(vb.manifest.parts)} part(s) found; "
+            "each part is checked as it is read")
+        return vb
     say(f"Contents: {len(r.checked)} file(s), {eng.human_size(r.bytes)} checked in {r.seconds:.1f} s "
         f"({r.mb_per_s:.0f} MB/s): all intact")
     if vb.recorded:
-        say(f"Recorded as the last accepted {vb.manifest.product_key} bundle in {state.path}")
+        say(f"Recorded as the last accepted {safe(vb.manifest.product_key)} bundle in {safe(state.path)}")
     return vb
 
 
@@ -121,24 +128,25 @@ def verify(bundle_dir: Path = BundleArg, trust: Optional[List[Path]] = TrustOpt,
         if CTX.json:
             emit_json(_verify_json(vb))
         else:
-            say("OK: the bundle is intact and trusted. Next: overleaf-import load " + str(bundle_dir))
+            say("OK: the bundle is intact and trusted. Next: overleaf-import load " + safe(bundle_dir))
 
     run(go)
 
 
 def _load(vb: VerifiedBundle, replace_tags: bool):
     from .load import execute, plan_load
+    from .verify import accept_bundle
 
     client = eng.connect()
-    eng.preflight(client)
-    plan = plan_load(client, vb.manifest, replace_tags=replace_tags)
+    info = eng.preflight(client)
+    plan = plan_load(client, vb.manifest, replace_tags=replace_tags, info=info)
     info = eng.preflight(client, need_bytes=plan.send_bytes)
     if plan.send_bytes and info.free_bytes is None:
-        warn(f"cannot check free space: the engine's data root ({info.data_root or '?'}) is not on this machine; "
+        warn(f"cannot check free space: the engine's data root ({safe(info.data_root or '?')}) is not on this machine; "
              f"loading needs about {eng.human_size(eng.SPACE_FACTOR * plan.send_bytes)} there")
     for ref in plan.replaced:
-        warn(f"{ref} will be moved to the bundle's image (--replace-tags)")
-    say(f"Engine {eng.engine_name()}: {len(plan.load)} image(s) to load ({eng.human_size(plan.send_bytes)} to send), "
+        warn(f"{safe(ref)} will be moved to the bundle's image (--replace-tags)")
+    say(f"Engine {safe(eng.engine_name())} ({info.version}, {plan.store} image store): {len(plan.load)} image(s) to load ({eng.human_size(plan.send_bytes)} to send), "
         f"{len(plan.tag_only)} to tag, {len(plan.present)} already present")
     start = time.monotonic()
     bar = progress(vb.manifest.payload_size, "load") if plan.load else None
@@ -148,10 +156,13 @@ def _load(vb: VerifiedBundle, replace_tags: bool):
         if bar is not None:
             bar.close()
     seconds = time.monotonic() - start
+    if accept_bundle(vb):  # a streamed bundle is recorded once every part was read intact
+        say(f"Recorded as the last accepted {safe(vb.manifest.product_key)} bundle in {safe(vb.state.path)}")
     for img in plan.load + plan.tag_only:
-        say(f"  {img.ref} = {img.id[:19]}  {'loaded' if img in plan.load else 'tagged'}, verified")
+        say(f"  {safe(img.ref)} = {safe(plan.expected(img)[:19])}  "
+            f"{'loaded' if img in plan.load else 'tagged'}, verified")
     for img in plan.present:
-        say(f"  {img.ref} = {img.id[:19]}  already present")
+        say(f"  {safe(img.ref)} = {safe(plan.expected(img)[:19])}  already present")
     return client, result, seconds
 
 
@@ -166,7 +177,7 @@ def load(bundle_dir: Path = BundleArg, trust: Optional[List[Path]] = TrustOpt,
     CTX.json = CTX.json or json_out
 
     def go() -> None:
-        vb = _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade)
+        vb = _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade, stream_parts=True)
         _client, result, seconds = _load(vb, replace_tags)
         if CTX.json:
             emit_json({**_verify_json(vb), "load": {**result.plan.to_dict(), "seconds": round(seconds, 3)}})
@@ -178,46 +189,50 @@ def load(bundle_dir: Path = BundleArg, trust: Optional[List[Path]] = TrustOpt,
 
 @app.command()
 def push(bundle_dir: Path = BundleArg,
-         registry: str = typer.Option(..., "--registry", metavar="HOST:PORT", help="The internal registry."),
+         registry: str = typer.Option(..., "--registry", metavar="HOST[:PORT][/PREFIX]",
+                                      help="The internal registry, optionally with a repository prefix."),
          insecure: bool = typer.Option(False, "--insecure",
-                                       help="The registry speaks plain HTTP (the engine must list it in its "
-                                            "insecure-registries; checked first)."),
-         keep_tags: bool = typer.Option(False, "--keep-tags",
-                                        help="Keep the registry-named tags on this engine after pushing."),
+                                       help="The registry speaks plain HTTP (loopback registries always may)."),
          trust: Optional[List[Path]] = TrustOpt, parts_from: Optional[List[Path]] = PartsOpt,
          allow_expired: bool = ExpiredOpt, allow_downgrade: bool = DowngradeOpt,
-         replace_tags: bool = typer.Option(False, "--replace-tags", help="As for load."),
          json_out: bool = JsonOpt) -> None:
-    """Load what is needed, then push every image to REGISTRY under the same path and tag."""
+    """Push every image straight from the bundle to REGISTRY (no engine): same path and tag, same digests."""
     CTX.json = CTX.json or json_out
-    from .push import check_insecure_allowed, check_registry, overleaf_rc, push_images, registry_names
+    from .push import overleaf_rc, parse_registry, push_bundle
+    from .verify import accept_bundle
 
     def go() -> None:
-        address = check_registry(registry)
-        vb = _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade)
-        mapping = registry_names([i.ref for i in vb.manifest.images], address)
-        if insecure:
-            check_insecure_allowed(eng.connect(), address)
-        client, result, _ = _load(vb, replace_tags)
-        pushed = push_images(client, vb.manifest, mapping, keep_tags=keep_tags,
-                             on_image=lambda ref, target: say(f"Pushing {ref} -> {target}"))
-        rc, warnings = overleaf_rc(vb.manifest, pushed.pushed)
-        kept = [r for r in vb.manifest.upgrade_plan.assumed_present if r not in pushed.pushed]
+        target = parse_registry(registry)
+        vb = _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade, stream_parts=True)
+        m = vb.manifest
+        bar = progress(m.payload_size, "push")
+        try:
+            pushed = push_bundle(m, vb.folders.locate_for_reading(m.parts), target, insecure=insecure,
+                                 on_bytes=bar.update,
+                                 on_image=lambda ref, to: say(f"Tagging {safe(ref)} -> {safe(to)}"))
+        finally:
+            bar.close()
+        accept_bundle(vb)
+        rc, warnings = overleaf_rc(m, pushed.pushed)
+        kept = [r for r in m.upgrade_plan.assumed_present if r not in pushed.pushed]
         if kept:
             warnings.append("not pushed, because this bundle does not carry them (the plan assumes the host runs "
                             "them): " + ", ".join(kept) + "; their overleaf.rc settings stay as they are")
         for w in warnings:
-            warn(w)
+            warn(safe(w))
         if CTX.json:
-            emit_json({"ok": True, "registry": address, "pushed": pushed.pushed, "digests": pushed.digests,
-                       "overleaf_rc": rc, "warnings": warnings, "kept_tags": keep_tags})
+            emit_json({"ok": True, **pushed.to_dict(), "overleaf_rc": rc, "warnings": warnings})
             return
-        say(f"OK: {len(pushed.pushed)} image(s) pushed to {address}"
-            + ("" if keep_tags else " (the temporary registry-named tags were removed again)") + ".")
+        for img in pushed.images:
+            how = "the upstream digest" if img.digest_preserved else "the bundle's pinned digest"
+            say(f"  {safe(img.target)} = {img.registry_digest[:19]}  ({how})")
+        say(f"OK: {len(pushed.images)} image(s) pushed to {safe(target.address)} "
+            f"({len(pushed.uploaded)} blob(s) uploaded, {len(pushed.skipped)} already there, "
+            f"{len(pushed.mounted)} mounted).")
         if rc:
             say("Set these in config/overleaf.rc on each Overleaf host (they then pull from the registry):")
             for k, v in rc.items():
-                say(f"  {k}={v}")
+                say(f"  {safe(k)}={safe(v)}")
 
     run(go)
 
@@ -232,7 +247,7 @@ def inventory(out: Path = typer.Option(..., "--out", metavar="FILE", help="Where
     def go() -> None:
         client = eng.connect()
         info = eng.preflight(client)
-        host = eng.HostImages.scan(client)
+        host = eng.HostImages.scan(client, info.image_store)
         state = HostState.load()
         receipt = make_receipt(host, info, state, utc_now())
         digest = write_receipt(out, receipt)
@@ -240,8 +255,8 @@ def inventory(out: Path = typer.Option(..., "--out", metavar="FILE", help="Where
             emit_json({"ok": True, "out": str(out), "sha256": digest, "images": len(receipt["images"]),
                        "accepted": receipt["accepted"]})
         else:
-            say(f"Wrote {out}: {len(receipt['images'])} image(s), sha256 {digest}")
-            say("Carry it to the online side: overleaf-bundle build ... --have " + out.name)
+            say(f"Wrote {safe(out)}: {len(receipt['images'])} image(s), sha256 {digest}")
+            say("Carry it to the online side: overleaf-bundle build ... --have " + safe(out.name))
 
     run(go)
 

@@ -6,10 +6,8 @@
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -20,10 +18,9 @@ from manifests.console import CTX, emit_json, run, say, warn
 from manifests.errors import ToolkitError
 from manifests.toolkit_config import read_toolkit
 
-from .state import Audit, Journal, ToolkitLock, state_dir
-from .toolkit import Toolkit
-from .upgrade import (Context, PreflightError, UpgradeOptions, Upgrader, describe, preflight,
-                      pull_settings_needed, rc_needs_rename, remaining_steps)
+from .state import Audit, Journal, ToolkitLock
+from .upgrade import (Context, PreflightError, UpgradeOptions, check_resume_plan, describe, preflight,
+                      pull_settings_needed, rc_needs_rename, remaining_steps, run_upgrade)
 from .upgrade import rollback as do_rollback
 from .upgrade import status as do_status
 
@@ -45,7 +42,11 @@ def _git(toolkit: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def update_toolkit_code(toolkit: Path, gitbundle: Path, commit: str, choice: bool | None, audit: Audit | None) -> str:
-    """Move the Toolkit checkout to the bundle's commit (fast-forward, from the git bundle, no network)."""
+    """Move the Toolkit checkout to the bundle's commit (fast-forward, from the git bundle, no network).
+
+    The git bundle may carry branches or just ``HEAD`` (a detached checkout): both are fetched. The
+    CHANGELOG changes are shown (as ``bin/upgrade`` shows them), and ``origin/<branch>`` is moved to the
+    new commit so that a later ``bin/upgrade`` does not offer a pull that cannot work offline."""
     if not (toolkit / ".git").exists():
         return "the Toolkit folder is not a git checkout: its code was left as it is"
     head = _git(toolkit, "rev-parse", "HEAD").stdout.strip()
@@ -59,17 +60,31 @@ def update_toolkit_code(toolkit: Path, gitbundle: Path, commit: str, choice: boo
         choice = _ask(f"Move the Toolkit code from {head[:12]} to the bundle's {commit[:12]}?")
     if not choice:
         return f"the Toolkit code stays at {head[:12]} (the bundle carries {commit[:12]}; --update-toolkit-code moves it)"
-    fetch = _git(toolkit, "fetch", "-q", str(gitbundle), "+refs/heads/*:refs/remotes/overleaf-airgap/*")
-    if fetch.returncode != 0 or _git(toolkit, "cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
-        raise ToolkitError(f"cannot fetch {commit[:12]} from the bundle's Toolkit git bundle: {fetch.stderr.strip()}")
+    errors = []
+    for refspec in ("+refs/heads/*:refs/remotes/overleaf-airgap/*", "+HEAD:refs/remotes/overleaf-airgap/HEAD"):
+        fetch = _git(toolkit, "fetch", "-q", str(gitbundle), refspec)
+        if fetch.returncode != 0:
+            errors.append(fetch.stderr.strip())
+    if _git(toolkit, "cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
+        raise ToolkitError(f"cannot fetch {commit[:12]} from the bundle's Toolkit git bundle: {'; '.join(errors)}")
+    changelog = _git(toolkit, "diff", "--unified=0", head, commit, "--", "CHANGELOG.md").stdout
+    added = [line[1:] for line in changelog.splitlines() if line.startswith("+") and not line.startswith("+++")]
     merge = _git(toolkit, "merge", "-q", "--ff-only", commit)
     if merge.returncode != 0:
         raise ToolkitError(f"the Toolkit checkout cannot fast-forward to {commit[:12]}: {merge.stderr.strip()}",
                            "Its history diverged from the bundle's: move it by hand (git -C TOOLKIT log), "
                            "or pass --keep-toolkit-code.")
+    branch = _git(toolkit, "rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
+    if branch and branch != "HEAD" and _git(toolkit, "config", "remote.origin.url").returncode == 0:
+        _git(toolkit, "update-ref", f"refs/remotes/origin/{branch}", commit)
     if audit:
         audit.record("toolkit code", "updated", old=head, new=commit)
-    return f"the Toolkit code moved from {head[:12]} to {commit[:12]}"
+    text = f"the Toolkit code moved from {head[:12]} to {commit[:12]}"
+    if added:
+        shown = added[:80]
+        text += "\nToolkit CHANGELOG since the old code (read it: some entries ask for config changes):\n  " + \
+            "\n  ".join(shown) + ("\n  ..." if len(added) > len(shown) else "")
+    return text
 
 
 def upgrade(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR"),
@@ -114,8 +129,12 @@ def upgrade(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR"),
         if journal is not None and journal.bundle_id != m.bundle_id:
             raise ToolkitError(f"the unfinished upgrade came from bundle {journal.bundle_id}, not {m.bundle_id}",
                                "Resume with the same bundle, or roll back first.")
-        plan = journal.plan if journal is not None else m.plan
+        if journal is not None:
+            check_resume_plan(journal, m.plan)
+        plan = m.plan
         ctx = Context(root, m, opts, say, _ask)
+        ctx.code_update_pending = m.toolkit is not None and journal is None and (
+            opts.update_toolkit is True or (opts.update_toolkit is None and yes))
         client = eng.connect()
         ctx.client = client
         pinned = {i.ref: i.id for i in m.images}
@@ -151,41 +170,18 @@ def upgrade(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR"),
             return
 
         with ToolkitLock(root):
-            audit = Audit(root, m.bundle_id)
             _load(vb, replace_tags)
-            problems = preflight(ctx, plan, journal, present)
-            if problems:
-                if journal is not None:  # an upgrade under way: its change record notes the refusal
-                    audit.record("preflight", "refused", problems=problems)
-                raise PreflightError("preflight found problems; nothing was changed:\n  - " + "\n  - ".join(problems),
-                                     "Fix them and run the same command again.")
-            if m.toolkit is not None and journal is None:  # the Toolkit code first, as bin/upgrade does
+
+            def code_update(audit: Audit) -> None:  # the Toolkit code first, as bin/upgrade does
+                if m.toolkit is None:
+                    return
                 ref = next(f for f in m.files if f.name == m.toolkit["file"])
                 choice = opts.update_toolkit if opts.update_toolkit is not None else (True if yes else None)
                 say(update_toolkit_code(root, vb.folders.find(ref), m.toolkit["commit"], choice, audit))
-            if journal is None:
-                if not yes and not _ask(f"Upgrade Overleaf {plan['from']} -> {plan['to']} in "
-                                        f"{len(plan['steps'])} steps (backups included)?"):
-                    raise ToolkitError("upgrade not confirmed", "Answer yes, or pass --yes for unattended runs.")
-                journal = Journal.new(root, m.bundle_id, plan, cfg.version)
-                journal.save()
-                audit.record("upgrade", "started", frm=plan["from"], to=plan["to"], steps=len(plan["steps"]))
-            else:
-                audit.record("upgrade", "resumed", next=(journal.next_step() or {}).get("id"))
-            tk = Toolkit(root)
-            if rc_needs_rename(root):  # as bin/rename-rc-vars does, with a copy kept
-                tk.rename_sharelatex_vars(["overleaf.rc"])
-                audit.record("config", "renamed SHARELATEX_ keys in overleaf.rc")
-            for key, value in pull_settings_needed(cfg).items():
-                tk.set_rc(key, value, keep_copy=True)
-                audit.record("config", "set", key=key, value=value)
-            started = time.monotonic()
-            runner = Upgrader(ctx, journal, audit)
-            runner.run()
+
+            result = run_upgrade(ctx, plan, journal, present, m.bundle_id, code_update=code_update)
             for note in ctx.notes:
                 say(f"note: {note}")
-            result = {"ok": True, "version": tk.read_version(), "steps": len(plan["steps"]),
-                      "seconds": round(time.monotonic() - started, 1), "notes": ctx.notes}
             if CTX.json:
                 emit_json(result)
             else:

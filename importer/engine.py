@@ -1,14 +1,22 @@
-"""The Docker engine the importer talks to: connection, preflight, what it already holds.
+"""The Docker engine the importer talks to: connection, preflight, image store, what it already holds.
 
 The engine is the one ``DOCKER_HOST`` names (Docker's own convention; the local
-socket by default), reached with docker-py and a read timeout long enough for
-multi-GB loads. Every docker-py or HTTP failure becomes an :class:`EngineError`
-that names the engine.
+socket by default), reached with docker-py (API version negotiated) and a read
+timeout long enough for multi-GB loads. Every docker-py or HTTP failure becomes an
+:class:`EngineError` that names the engine. Engines from 20.10 (API 1.41) on are
+supported, with either image store, read from ``/info`` (``DriverStatus``
+``driver-type`` = ``io.containerd.snapshotter.v1`` means the containerd store):
+
+* ``classic`` (graph drivers such as overlay2): an image's ID is its config digest;
+* ``containerd``: an image's ID is its manifest (or index) digest.
+
+``RootFS.Layers`` lists the diff_ids on both.
 
     client = connect()
     info = preflight(client, need_bytes=3 * 1024**3)
+    info.image_store                      # "classic" or "containerd"
     host = HostImages.scan(client)
-    host.has_chain(("sha256:aaa...", "sha256:bbb..."))
+    ("sha256:aaa...", "sha256:bbb...") in host.chains()
 """
 from __future__ import annotations
 
@@ -24,8 +32,12 @@ import requests.exceptions
 from manifests.errors import DiskSpaceError, EngineError
 
 MIN_API_VERSION = "1.41"   # Engine 20.10: the oldest engine this importer is tested with
+ZSTD_API_VERSION = "1.42"  # Engine 23: the first whose docker load takes zstd-compressed layer files
+SNAPSHOTTER = "io.containerd.snapshotter.v1"   # DriverStatus driver-type of the containerd image store
+STORES = ("classic", "containerd")
 CLIENT_TIMEOUT = 3600      # seconds: the engine works minutes before answering a multi-GB load
-SPACE_FACTOR = 2           # a legacy-store load untars into the data root, then registers the layers
+SPACE_FACTOR = 2           # classic: the load untars into the data root, then registers the layers;
+                           # containerd: the content store keeps the blobs beside the unpacked snapshots
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 
 
@@ -93,9 +105,14 @@ class EngineInfo:
     os: str
     arch: str
     driver: str
-    image_store: str           # "graphdriver" (legacy) or "containerd"
+    image_store: str           # "classic" (graph driver) or "containerd"
     data_root: str
     free_bytes: int | None     # None when the data root is not on this machine
+
+    @property
+    def takes_zstd_layers(self) -> bool:
+        """Whether ``docker load`` of a docker-archive accepts zstd-compressed layer files here."""
+        return _version_tuple(self.api_version) >= _version_tuple(ZSTD_API_VERSION)
 
     def receipt_dict(self) -> dict[str, str]:
         """What a receipt carries about the engine (no local paths)."""
@@ -116,33 +133,39 @@ def free_bytes(path: str) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def engine_info(client: docker.DockerClient) -> EngineInfo:
-    with engine_errors("describe itself"):
-        ver = client.version()
-        info = client.info()
-    status = {str(k): str(v) for k, v in (info.get("DriverStatus") or []) if k}
-    containerd = status.get("driver-type", "").startswith("io.containerd.snapshotter")
-    root = str(info.get("DockerRootDir") or "")
-    return EngineInfo(
-        version=str(ver.get("Version", "?")), api_version=str(ver.get("ApiVersion", "0")),
-        os=str(info.get("OSType", "?")), arch=str(info.get("Architecture", "?")), driver=str(info.get("Driver", "?")),
-        image_store="containerd" if containerd else "graphdriver", data_root=root,
-        free_bytes=free_bytes(root) if root and _is_local() and os.path.isdir(root) else None)
+def image_store(info: dict[str, Any]) -> str:
+    """``"containerd"`` when ``/info`` reports the containerd snapshotter as the driver type, else ``"classic"``."""
+    for pair in info.get("DriverStatus") or []:
+        if isinstance(pair, (list, tuple)) and len(pair) == 2 and pair[0] == "driver-type" \
+                and str(pair[1]).startswith(SNAPSHOTTER):
+            return "containerd"
+    return "classic"
 
 
-def preflight(client: docker.DockerClient, need_bytes: int = 0) -> EngineInfo:
-    """API version, image store kind and free space in the data root, before anything is sent."""
-    info = engine_info(client)
+def check_api_version(info: EngineInfo) -> None:
+    """EngineError for an engine older than API 1.41 (Engine 20.10)."""
     if _version_tuple(info.api_version) < _version_tuple(MIN_API_VERSION):
         raise EngineError(f"the Docker engine at {engine_name()} speaks API {info.api_version} (Engine {info.version});"
                           f" this importer needs API {MIN_API_VERSION} (Engine 20.10) or newer",
                           "Upgrade Docker Engine on this host (it can come from your OS packages), then run again.")
-    if info.image_store == "containerd":
-        raise EngineError(
-            f"the Docker engine at {engine_name()} uses the containerd image store, where image IDs are manifest "
-            "digests rather than the config digests this bundle pins, so a load could not be proven",
-            "Use an engine with the classic overlay2 store (set \"features\": {\"containerd-snapshotter\": false} in "
-            "/etc/docker/daemon.json and restart it), then run again.")
+
+
+def engine_info(client: docker.DockerClient) -> EngineInfo:
+    with engine_errors("describe itself"):
+        ver = client.version()
+        info = client.info()
+    root = str(info.get("DockerRootDir") or "")
+    return EngineInfo(
+        version=str(ver.get("Version", "?")), api_version=str(ver.get("ApiVersion", "0")),
+        os=str(info.get("OSType", "?")), arch=str(info.get("Architecture", "?")), driver=str(info.get("Driver", "?")),
+        image_store=image_store(info), data_root=root,
+        free_bytes=free_bytes(root) if root and _is_local() and os.path.isdir(root) else None)
+
+
+def preflight(client: docker.DockerClient, need_bytes: int = 0) -> EngineInfo:
+    """API version, image store and free space in the data root, before anything is sent."""
+    info = engine_info(client)
+    check_api_version(info)
     need = SPACE_FACTOR * need_bytes
     if need and info.free_bytes is not None and info.free_bytes < need:
         raise DiskSpaceError(
@@ -166,20 +189,22 @@ human_size = _h
 
 @dataclass
 class HostImage:
-    id: str
+    id: str                    # classic: config digest; containerd: manifest (or index) digest
     tags: list[str]
     diff_ids: list[str]
+    repo_digests: list[str] = field(default_factory=list)
 
 
 @dataclass
 class HostImages:
-    """Every image the engine holds, by ID, with its tags and layer diff_ids."""
+    """Every image the engine holds, by ID, with its tags and layer diff_ids (both stores)."""
 
     images: dict[str, HostImage] = field(default_factory=dict)
+    store: str = "classic"
 
     @classmethod
-    def scan(cls, client: docker.DockerClient) -> "HostImages":
-        out = cls()
+    def scan(cls, client: docker.DockerClient, store: str | None = None) -> "HostImages":
+        out = cls(store=store or engine_info(client).image_store)
         with engine_errors("list its images"):
             for summary in client.api.images(all=True):
                 try:
@@ -187,11 +212,14 @@ class HostImages:
                 except docker.errors.NotFound:
                     continue  # removed meanwhile
                 tags = [t for t in (data.get("RepoTags") or []) if t != "<none>:<none>"]
-                layers = list((data.get("RootFS") or {}).get("Layers") or [])
-                out.images[data["Id"]] = HostImage(data["Id"], sorted(tags), layers)
+                layers = [str(x) for x in (data.get("RootFS") or {}).get("Layers") or []]
+                digests = sorted(str(x) for x in data.get("RepoDigests") or [])
+                out.images[data["Id"]] = HostImage(data["Id"], sorted(tags), layers, digests)
         return out
 
     def chains(self) -> set[tuple[str, ...]]:
+        """Every diff_id chain some image here has: what a docker-archive (classic) or an OCI layout
+        (containerd: the unpacked snapshots) may leave out."""
         return chain_prefixes(img.diff_ids for img in self.images.values())
 
 

@@ -1,22 +1,39 @@
 """Stream a verified bundle's images into the engine, then prove each tag by its pinned image ID.
 
-No reassembled copy on disk and bounded memory: a writer thread reads the payload
-tarball across its parts (:class:`manifests.payload.PartReader`, which re-checks
-every part's sha256), checks each member against the signed manifest, decompresses
-zstd layers, hashes each blob against its digest, and writes an Engine 20.10
-docker-archive (``manifest.json``, ``<id>.json`` configs, ``<diff_id>/layer.tar``)
-into a pipe; the main thread streams the pipe's other end into
-``client.api.load_image`` and checks every status item.
+The payload is read once, in place, through :class:`manifests.payload.SegmentReader`
+(no byte of a segment is released before its sha256 matched the signed manifest; a
+disc-swapping site is asked for each disc when the reader gets there) and
+:func:`manifests.payload.iter_members` (the strict tar reader). A writer thread turns
+the members into the archive form the engine keeps intact and writes it into a pipe;
+the main thread streams the pipe's other end into ``client.api.load_image`` and checks
+every status item. No temporary copy, bounded memory (a few segments and 1 MiB buffers).
 
-What is sent is only what the engine lacks: images already there under their tag are
-skipped, images there under another name are only tagged, and a layer whose chain
-the engine already holds is listed in ``manifest.json`` but not sent (Engine 20.10
-then takes its own copy; delta bundles rely on the same behaviour). ``manifest.json``
-is written last, after the final part's hash checked out, so a bad byte anywhere
-aborts the upload before the engine has an image to register.
+* **classic store** (image ID = config digest): a docker-archive: ``<config hex>.json``,
+  ``<layer blob hex>/layer.tar`` and, last, ``manifest.json`` ``[{Config, RepoTags,
+  Layers}]``. Layers go as the bundle carries them (gzip or plain tar); zstd layers
+  are decoded on the fly for engines older than Engine 23 (API 1.42), which refuse
+  zstd layer files. A layer whose diff_id chain the engine already holds is listed
+  but not sent (the engine takes its own copy; delta bundles rely on this).
+* **containerd store** (image ID = manifest digest): an OCI layout: ``oci-layout``,
+  ``blobs/sha256/<hex>`` (each image's original manifest, its config and its layers,
+  exactly as carried) and, last, ``index.json`` naming each manifest by digest, media
+  type and size, annotated with the fully qualified name
+  (``io.containerd.image.name`` = ``docker.io/library/redis:7.4``) and the tag
+  (``org.opencontainers.image.ref.name``). Engine 26 loads it and gives each tag the
+  manifest digest as its ID. A delta bundle's omitted layer blobs are left out: the
+  engine takes them from its content store (verified on Engine 26: it loads and runs).
 
-On any failure, every reference this run created or moved is removed or pointed
-back at its previous image, and images this run added are removed again.
+Blobs the payload stores zstd-encoded are decoded back to their blob bytes, and every
+blob's digest is checked while it streams (the segment hashes already prove the bytes
+are the signed ones; this catches a bad signer), manifests and configs also against
+the image entries that name them. The archive's index (``manifest.json`` /
+``index.json``) is written only after the last segment checked out, so a bad byte
+anywhere aborts the upload before the engine has an image to register.
+
+Images already present under their tag with the right ID are skipped; images present
+under another name are only tagged; a tag that names another image is moved only
+with ``--replace-tags``. On any failure, every reference this run created or moved is
+removed or pointed back at its previous image, and images this run added are removed.
 
     plan = plan_load(client, vb.manifest, replace_tags=False)
     result = execute(client, vb, plan, on_bytes=bar.update)
@@ -24,7 +41,6 @@ back at its previous image, and images this run added are removed again.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tarfile
@@ -37,20 +53,25 @@ import docker.errors
 import requests.exceptions
 import zstandard
 
-from manifests.bundle import BLOB_PATH_RE, BlobEntry, BundleManifest, ImageEntry
+from manifests.bundle import LAYER_TYPES, OCI_INDEX, BlobEntry, BundleManifest, ImageEntry
 from manifests.errors import AirgapError, BundleError, EngineError, IntegrityError, TagConflictError
-from manifests.payload import PartReader
+from manifests.payload import PayloadFormatError, SegmentReader, iter_members
 
-from .engine import HostImages, down_error, engine_errors, engine_name, image_id, inspect, split_ref
+from .engine import (EngineInfo, HostImages, down_error, engine_errors, engine_info, engine_name, image_id, inspect,
+                     split_ref)
 from .verify import VerifiedBundle
 
 CHUNK = 1024 * 1024
-PIPE_READ = 1024 * 1024
+PIPE_SIZE = 1024 * 1024
+SMALL_BLOB_MAX = 16 * 1024 * 1024    # manifests and configs are read whole: never more than this
+ZSTD_WINDOW_MAX = 1 << 27            # 128 MiB: zstd's default decoder limit, set explicitly
+BAD_BUNDLE = "The bundle is malformed or was made by a bad signer: do not use it; ask its builder for a new one."
 
 
 # --- what to do -----------------------------------------------------------------------------------
 @dataclass
 class LoadPlan:
+    store: str = "classic"                                    # the engine's image store
     present: list[ImageEntry] = field(default_factory=list)   # tag already resolves to the pinned ID
     tag_only: list[ImageEntry] = field(default_factory=list)  # the image is here, under another name
     load: list[ImageEntry] = field(default_factory=list)      # must be streamed
@@ -58,57 +79,84 @@ class LoadPlan:
     previous: dict[str, str | None] = field(default_factory=dict)  # ref -> ID before this run (refs we touch)
     ids_before: set[str] = field(default_factory=set)
     replaced: list[str] = field(default_factory=list)         # refs that pointed elsewhere (--replace-tags)
+    zstd_layers_ok: bool = True                               # classic: the engine takes zstd layer files
+
+    def expected(self, img: ImageEntry) -> str:
+        return img.expected_id(self.store)
 
     @property
     def send_bytes(self) -> int:
         return sum(b.size for b in self.send.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"present": [i.ref for i in self.present], "tag": [i.ref for i in self.tag_only],
+        return {"store": self.store, "present": [i.ref for i in self.present], "tag": [i.ref for i in self.tag_only],
                 "load": [i.ref for i in self.load], "send_blobs": len(self.send), "send_bytes": self.send_bytes,
                 "replaced_tags": self.replaced}
 
 
+def pinned_ids(manifest: BundleManifest, store: str) -> dict[str, str]:
+    """{ref: the image ID the tag must have after a load} on an engine with ``store``."""
+    return {img.ref: img.expected_id(store) for img in manifest.images}
+
+
 def missing_omitted(manifest: BundleManifest, images: list[ImageEntry], chains: set[tuple[str, ...]]
                     ) -> list[tuple[str, str]]:
-    """(ref, diff_id) for every layer a delta bundle omitted whose chain this host does not hold."""
-    in_bundle = {b.digest for b in manifest.blobs}
+    """(ref, layer digest) for every layer a delta bundle omitted whose diff_id chain this host lacks.
+
+    Both stores: the classic store keeps layers by chain; the containerd store needs the unpacked
+    snapshot of the chain (named by it) and takes the blob from its content store.
+    """
+    carried = manifest.blob_map
     missing = []
     for img in images:
-        for k, diff in enumerate(img.diff_ids):
-            if diff not in in_bundle and tuple(img.diff_ids[:k + 1]) not in chains:
-                missing.append((img.ref, diff))
+        for k, layer in enumerate(img.layers):
+            if layer not in carried and tuple(img.diff_ids[:k + 1]) not in chains:
+                missing.append((img.ref, layer))
     return missing
 
 
-def blobs_to_send(manifest: BundleManifest, images: list[ImageEntry], chains: set[tuple[str, ...]]
-                  ) -> dict[str, BlobEntry]:
-    """Configs of ``images`` and each layer whose chain the host lacks."""
+def blobs_to_send(manifest: BundleManifest, images: list[ImageEntry], chains: set[tuple[str, ...]],
+                  store: str = "classic") -> dict[str, BlobEntry]:
+    """What goes into the archive for ``images``.
+
+    classic: configs, and each carried layer whose chain the host lacks. containerd: manifests,
+    configs and every carried layer (the engine's content store dedups by digest).
+    """
     send: dict[str, BlobEntry] = {}
+    blob_map = manifest.blob_map
     for img in images:
-        want = [img.id] + [d for k, d in enumerate(img.diff_ids) if tuple(img.diff_ids[:k + 1]) not in chains]
+        want = [img.id]
+        if store == "containerd":
+            want = [img.manifest_digest, img.id] + [d for d in img.layers if d in blob_map]
+        else:
+            want += [d for k, d in enumerate(img.layers)
+                     if d in blob_map and tuple(img.diff_ids[:k + 1]) not in chains]
         for digest in want:
-            blob = manifest.blob(digest)
-            if blob is None:  # an omitted layer the host lacks: missing_omitted() reports it first
-                raise BundleError(f"image {img.ref}: blob {digest} is not in the bundle")
+            blob = blob_map.get(digest)
+            if blob is None:
+                raise BundleError(f"image {img.ref}: blob {digest} is not in the bundle", BAD_BUNDLE)
             send[digest] = blob
     return send
 
 
-def plan_load(client: docker.DockerClient, manifest: BundleManifest, *, replace_tags: bool) -> LoadPlan:
-    host = HostImages.scan(client)
-    plan = LoadPlan(ids_before=set(host.images))
+def plan_load(client: docker.DockerClient, manifest: BundleManifest, *, replace_tags: bool,
+              info: EngineInfo | None = None) -> LoadPlan:
+    """What a load must do on this engine; TagConflictError / BundleError (delta) before anything is sent."""
+    info = info or engine_info(client)
+    host = HostImages.scan(client, info.image_store)
+    plan = LoadPlan(store=info.image_store, ids_before=set(host.images), zstd_layers_ok=info.takes_zstd_layers)
     conflicts = []
     for img in manifest.images:
+        want = plan.expected(img)
         current = image_id(client, img.ref)
-        if current == img.id:
+        if current == want:
             plan.present.append(img)
             continue
         plan.previous[img.ref] = current
         if current is not None:
-            conflicts.append(f"  {img.ref}: here {current[:19]}, the bundle pins {img.id[:19]}")
+            conflicts.append(f"  {img.ref}: here {current[:19]}, the bundle pins {want[:19]}")
             plan.replaced.append(img.ref)
-        (plan.tag_only if img.id in host.images else plan.load).append(img)
+        (plan.tag_only if want in host.images else plan.load).append(img)
     if conflicts and not replace_tags:
         raise TagConflictError(
             "these tags already name other images on this engine; they are not moved silently:\n" + "\n".join(conflicts),
@@ -117,145 +165,283 @@ def plan_load(client: docker.DockerClient, manifest: BundleManifest, *, replace_
     chains = host.chains()
     missing = missing_omitted(manifest, plan.load, chains)
     if missing:
-        lines = [f"  {ref}: layer {diff}" for ref, diff in missing]
+        lines = [f"  {ref}: layer {layer}" for ref, layer in missing]
         raise BundleError(
-            "this is a delta bundle, and this host lacks layers it left out:\n" + "\n".join(lines),
-            "The receipt it was built from no longer matches this host (images removed since?). Run "
-            "`overleaf-import inventory --out receipt.json`, carry it out and build a new bundle with --have, "
+            f"this is a delta bundle, and this host ({plan.store} image store) lacks layers it left out:\n"
+            + "\n".join(lines),
+            "The receipt it was built from no longer matches this host (images removed since, or another engine?). "
+            "Run `overleaf-import inventory --out receipt.json`, carry it out and build a new bundle with --have, "
             "or build a full bundle.")
-    plan.send = blobs_to_send(manifest, plan.load, chains)
+    plan.send = blobs_to_send(manifest, plan.load, chains, plan.store)
     return plan
 
 
-# --- the docker-archive stream --------------------------------------------------------------------
-def archive_manifest(images: list[ImageEntry]) -> bytes:
-    """Engine 20.10 docker-archive ``manifest.json``: one entry per image ID, every layer path listed."""
+# --- the archives ---------------------------------------------------------------------------------
+def qualified_name(ref: str) -> str:
+    """``redis:7.4`` -> ``docker.io/library/redis:7.4``; ``quay.io/a/b:1`` stays (Docker's normalisation)."""
+    first, _, rest = ref.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return ref
+    if not rest:
+        return f"docker.io/library/{ref}"
+    return f"docker.io/{ref}"
+
+
+def docker_archive_manifest(images: list[ImageEntry]) -> bytes:
+    """docker-archive ``manifest.json``: one entry per image ID, every layer listed (sent or not)."""
     by_id: dict[str, dict[str, Any]] = {}
     for img in images:
         entry = by_id.setdefault(img.id, {"Config": f"{img.id[7:]}.json", "RepoTags": [],
-                                          "Layers": [f"{d[7:]}/layer.tar" for d in img.diff_ids]})
+                                          "Layers": [f"{d[7:]}/layer.tar" for d in img.layers]})
         entry["RepoTags"].append(img.ref)
-    return json.dumps(list(by_id.values()), indent=None).encode()
+    return json.dumps(list(by_id.values()), separators=(",", ":")).encode()
 
 
-def archive_name(blob: BlobEntry) -> str:
+def oci_index(manifest: BundleManifest, images: list[ImageEntry]) -> bytes:
+    """OCI layout ``index.json``: each image's original manifest, by digest, with both name annotations."""
+    entries = []
+    for img in images:
+        blob = manifest.blob_map[img.manifest_digest]
+        _, tag = split_ref(img.ref)
+        entries.append({"mediaType": blob.media_type, "digest": blob.digest, "size": blob.size,
+                        "annotations": {"io.containerd.image.name": qualified_name(img.ref),
+                                        "org.opencontainers.image.ref.name": tag}})
+    return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries},
+                      separators=(",", ":")).encode()
+
+
+OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+
+
+def archive_name(blob: BlobEntry, store: str) -> str:
+    if store == "containerd":
+        return f"blobs/sha256/{blob.digest[7:]}"
     return f"{blob.digest[7:]}.json" if blob.kind == "config" else f"{blob.digest[7:]}/layer.tar"
 
 
-def check_member(member: tarfile.TarInfo, by_path: dict[str, BlobEntry]) -> BlobEntry:
-    """The manifest's blob for a payload member; IntegrityError for anything else."""
-    name = member.name
-    if name.startswith("/") or ".." in name.split("/"):
-        raise IntegrityError(f"the payload holds a member {name!r} with an absolute path or '..': refused",
-                             "The bundle is malformed or hostile: do not use it; ask its builder for a new one.")
-    if not member.isreg():
-        kind = {tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link", tarfile.DIRTYPE: "a folder",
-                tarfile.CHRTYPE: "a device", tarfile.BLKTYPE: "a device", tarfile.FIFOTYPE: "a FIFO"}.get(
-                    member.type, "not a regular file")
-        target = f" pointing to {member.linkname!r}" if member.issym() or member.islnk() else ""
-        raise IntegrityError(f"the payload member {name!r} is {kind}{target}: only regular blob files are allowed",
-                             "The bundle is malformed or hostile: do not use it; ask its builder for a new one.")
-    blob = by_path.get(name) if BLOB_PATH_RE.match(name) else None
-    if blob is None:
-        raise IntegrityError(f"the payload holds {name!r}, which the signed manifest does not list",
-                             "The bundle is malformed: do not use it; ask its builder for a new one.")
-    if member.size != blob.stored_size:
-        raise IntegrityError(f"the payload member {name} is {member.size} bytes, the manifest says {blob.stored_size}",
-                             "The bundle is malformed: ask its builder for a new one.")
-    return blob
-
-
-class _VerifyingReader:
-    """A blob's content, at most ``blob.size`` bytes, hashed as it passes; ``finish()`` checks digest and end."""
-
-    def __init__(self, src: IO[bytes], blob: BlobEntry) -> None:
-        self.src = src
-        self.blob = blob
-        self.hash = hashlib.sha256()
-        self.left = blob.size
-
-    def read(self, n: int) -> bytes:
-        data = self.src.read(min(n, self.left)) if self.left else b""
-        if not data and self.left:
-            raise IntegrityError(f"blob {self.blob.digest} ends {self.left} bytes early (the manifest says "
-                                 f"{self.blob.size} bytes)", "The bundle is malformed: ask its builder for a new one.")
-        self.hash.update(data)
-        self.left -= len(data)
-        return data
-
-    def finish(self) -> None:
-        if self.src.read(1):
-            raise IntegrityError(f"blob {self.blob.digest} is longer than the manifest says ({self.blob.size} bytes)",
-                                 "The bundle is malformed: ask its builder for a new one.")
-        if "sha256:" + self.hash.hexdigest() != self.blob.digest:
-            raise IntegrityError(f"blob {self.blob.digest} does not match its digest (content altered)",
-                                 "The bundle is damaged or altered: ask its builder for a new one.")
-
-
 class ArchiveWriter:
-    """A tar stream written member by member without extra copies (``tarfile`` only makes the headers).
+    """A tar stream written member by member (``tarfile`` only makes the headers).
 
     After ``aborted`` is set it writes nothing more, so a cut stream stays cut: the engine
-    never sees a tidy end of an archive that lacks ``manifest.json``.
+    never sees a tidy end of an archive that lacks its index.
     """
 
     def __init__(self, out: IO[bytes]) -> None:
         self.out = out
         self.aborted = False
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | memoryview) -> None:
         if not self.aborted:
             self.out.write(data)
 
     def add(self, name: str, size: int, read: Callable[[int], bytes]) -> None:
         info = tarfile.TarInfo(name)
         info.size, info.mode, info.mtime = size, 0o644, 0
-        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        self._write(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "strict"))
         left = size
         while left:
             chunk = read(min(CHUNK, left))
             if not chunk:
-                raise IntegrityError(f"{name} ended {left} bytes early")
+                raise IntegrityError(f"{name} ended {left} bytes early", BAD_BUNDLE)
+            if len(chunk) > left:
+                raise IntegrityError(f"{name} is longer than its declared {size} bytes", BAD_BUNDLE)
             self._write(chunk)
             left -= len(chunk)
         if size % tarfile.BLOCKSIZE:
             self._write(tarfile.NUL * (tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE))
 
+    def add_bytes(self, name: str, data: bytes) -> None:
+        view = memoryview(data)
+        pos = 0
+
+        def read(n: int) -> bytes:
+            nonlocal pos
+            out = view[pos:pos + n]
+            pos += len(out)
+            return bytes(out)
+        self.add(name, len(data), read)
+
     def close(self) -> None:
         self._write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
 
 
-def write_archive(out: IO[bytes], vb: VerifiedBundle, plan: LoadPlan, on_bytes: Callable[[int], None] | None) -> None:
-    """The whole docker-archive for ``plan.load``, read from the payload, into ``out``."""
+def _decoder() -> zstandard.ZstdDecompressor:
+    return zstandard.ZstdDecompressor(max_window_size=ZSTD_WINDOW_MAX)
+
+
+class _VerifyingReader:
+    """A blob's content, exactly ``blob.size`` bytes, hashed as it passes; ``finish()`` checks digest and end."""
+
+    def __init__(self, src: Any, blob: BlobEntry) -> None:
+        self.src = src
+        self.blob = blob
+        self.hash = hashlib.sha256()
+        self.left = blob.size
+
+    def _read(self, n: int) -> bytes:
+        try:
+            return self.src.read(n)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"blob {self.blob.digest}: its zstd encoding does not decode ({exc})",
+                                 BAD_BUNDLE) from None
+
+    def read(self, n: int) -> bytes:
+        data = self._read(min(n, self.left)) if self.left else b""
+        if not data and self.left:
+            raise IntegrityError(f"blob {self.blob.digest} ends {self.left} bytes early (the manifest says "
+                                 f"{self.blob.size} bytes)", BAD_BUNDLE)
+        self.hash.update(data)
+        self.left -= len(data)
+        return data
+
+    def finish(self) -> None:
+        if self._read(1):
+            raise IntegrityError(f"blob {self.blob.digest} is longer than the manifest says ({self.blob.size} bytes)",
+                                 BAD_BUNDLE)
+        if "sha256:" + self.hash.hexdigest() != self.blob.digest:
+            raise IntegrityError(f"blob {self.blob.digest} does not match its digest (content altered)", BAD_BUNDLE)
+
+
+class _ZstdLayerToTar:
+    """A zstd-compressed layer blob decoded to its tar, for engines that refuse zstd layer files.
+
+    The tar member's size must be known before its bytes: it comes from the zstd frame header
+    (``Frame_Content_Size``); a layer that does not record it cannot be sent to such an engine.
+    """
+
+    def __init__(self, blob_reader: _VerifyingReader, diff_id: str) -> None:
+        head = blob_reader.read(min(CHUNK, blob_reader.left)) if blob_reader.left else b""
+        try:
+            size = zstandard.frame_content_size(head)
+        except zstandard.ZstdError:
+            size = -1
+        if size < 0:
+            raise EngineError(
+                f"the Docker engine at {engine_name()} cannot load zstd-compressed layers (it predates Engine 23), "
+                f"and layer {blob_reader.blob.digest} does not record its uncompressed size",
+                "Load on Engine 23 or newer, or build the bundle with --recompress zstd (plain layer tars).")
+        self.size = size
+        self.diff_id = diff_id
+        self.hash = hashlib.sha256()
+        self.blob_reader = blob_reader
+        self._head = head
+        self._dec = _decoder().stream_reader(self, read_size=CHUNK, read_across_frames=True)
+
+    def read(self, n: int = -1) -> bytes:
+        """The compressed side, for the decoder."""
+        if self._head:
+            n = len(self._head) if n is None or n < 0 else n
+            out, self._head = self._head[:n], self._head[n:]
+            return out
+        return self.blob_reader.read(n if n and n > 0 else CHUNK) if self.blob_reader.left else b""
+
+    def read_tar(self, n: int) -> bytes:
+        try:
+            data = self._dec.read(n)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"layer {self.blob_reader.blob.digest} does not decode as zstd ({exc})",
+                                 BAD_BUNDLE) from None
+        self.hash.update(data)
+        return data
+
+    def finish(self) -> None:
+        if self.read_tar(1):
+            raise IntegrityError(f"layer {self.blob_reader.blob.digest} decodes to more than its frame header says",
+                                 BAD_BUNDLE)
+        self.blob_reader.finish()
+        if "sha256:" + self.hash.hexdigest() != self.diff_id:
+            raise IntegrityError(f"layer {self.blob_reader.blob.digest} does not decode to its diff_id {self.diff_id}",
+                                 BAD_BUNDLE)
+
+
+def _check_small_blob(blob: BlobEntry, data: bytes, manifest: BundleManifest) -> None:
+    """A manifest or config blob against the image entries that name it (consistency of the signed data)."""
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise IntegrityError(f"{blob.kind} blob {blob.digest} is not JSON", BAD_BUNDLE) from None
+    if not isinstance(doc, dict):
+        raise IntegrityError(f"{blob.kind} blob {blob.digest} is not a JSON object", BAD_BUNDLE)
+    for img in manifest.images:
+        if blob.kind == "manifest" and img.manifest_digest == blob.digest:
+            config = doc.get("config") if isinstance(doc.get("config"), dict) else {}
+            layers = [d.get("digest") for d in doc.get("layers") or [] if isinstance(d, dict)]
+            if config.get("digest") != img.id or layers != list(img.layers) \
+                    or doc.get("mediaType", blob.media_type) != blob.media_type:
+                raise IntegrityError(f"image {img.ref}: its manifest {blob.digest} names another config or other "
+                                     "layers than the bundle's manifest lists", BAD_BUNDLE)
+        if blob.kind == "config" and img.id == blob.digest:
+            rootfs = doc.get("rootfs") if isinstance(doc.get("rootfs"), dict) else {}
+            if list(rootfs.get("diff_ids") or []) != list(img.diff_ids):
+                raise IntegrityError(f"image {img.ref}: its config lists other diff_ids than the bundle's manifest",
+                                     BAD_BUNDLE)
+
+
+def write_archive(out: IO[bytes], vb: VerifiedBundle, plan: LoadPlan,
+                  on_bytes: Callable[[int], None] | None = None) -> None:
+    """The whole archive for ``plan.load`` (docker-archive or OCI layout by ``plan.store``), read from the
+    payload once, into ``out``. Every segment of every part is checked, even of blobs not sent."""
     manifest = vb.manifest
     by_path = {b.path: b for b in manifest.blobs}
-    dctx = zstandard.ZstdDecompressor()
-    reader = PartReader(manifest.parts, vb.folders.locate_for_reading(manifest.parts), on_bytes=on_bytes)
+    diff_of = {layer: diff for img in manifest.images for layer, diff in zip(img.layers, img.diff_ids)}
+    reader = SegmentReader(manifest.parts, manifest.segment_size, vb.folders.locate_for_reading(manifest.parts),
+                           on_bytes=on_bytes)
     archive = ArchiveWriter(out)
+    containerd = plan.store == "containerd"
     try:
-        payload = tarfile.open(fileobj=reader, mode="r|", bufsize=CHUNK)
+        if containerd:
+            archive.add_bytes("oci-layout", OCI_LAYOUT)
         seen: set[str] = set()
-        for member in payload:
-            blob = check_member(member, by_path)
+        layers_started = False
+        for name, size, member in iter_members(reader):
+            blob = by_path.get(name)
+            if blob is None:
+                raise PayloadFormatError(f"the payload holds {name}, which the signed manifest does not list",
+                                         BAD_BUNDLE)
+            if size != blob.stored_size:
+                raise PayloadFormatError(f"the payload member {name} is {size} bytes, the manifest says "
+                                         f"{blob.stored_size}", BAD_BUNDLE)
             if blob.digest in seen:
-                raise IntegrityError(f"the payload holds {member.name} twice", "Ask the bundle's builder for a new one.")
+                raise PayloadFormatError(f"the payload holds {name} twice", BAD_BUNDLE)
             seen.add(blob.digest)
-            if blob.digest not in plan.send:
-                continue  # tarfile skips its bytes; PartReader still hashes them
-            src: IO[bytes] = payload.extractfile(member)  # type: ignore[assignment]
+            src: Any = member
             if blob.encoding == "zstd":
-                src = dctx.stream_reader(src, read_size=CHUNK, closefd=False)  # type: ignore[assignment]
+                src = _decoder().stream_reader(member, read_size=CHUNK, read_across_frames=True, closefd=False)
             content = _VerifyingReader(src, blob)
-            archive.add(archive_name(blob), blob.size, content.read)
-            content.finish()
-        while reader.read(CHUNK):  # the end-of-archive padding: PartReader checks the last part at its end
-            pass
+            if blob.kind != "layer":
+                if layers_started:
+                    raise PayloadFormatError(f"the payload holds {blob.kind} {blob.digest} after a layer "
+                                             "(manifests and configs come first)", BAD_BUNDLE)
+                if blob.size > SMALL_BLOB_MAX:
+                    raise PayloadFormatError(f"{blob.kind} blob {blob.digest} is {blob.size} bytes, over the limit "
+                                             f"of {SMALL_BLOB_MAX}", BAD_BUNDLE)
+                data = bytearray()
+                while len(data) < blob.size:
+                    data += content.read(blob.size - len(data))
+                content.finish()
+                _check_small_blob(blob, bytes(data), manifest)
+                if blob.digest in plan.send:
+                    archive.add_bytes(archive_name(blob, plan.store), bytes(data))
+                continue
+            layers_started = True
+            if blob.digest not in plan.send:
+                continue  # iter_members skips its bytes; the SegmentReader still checks them
+            compression = LAYER_TYPES.get(blob.media_type, "none")
+            if not containerd and compression == "zstd" and not plan.zstd_layers_ok:
+                tar = _ZstdLayerToTar(content, diff_of.get(blob.digest, ""))
+                archive.add(archive_name(blob, plan.store), tar.size, tar.read_tar)
+                tar.finish()
+            else:
+                archive.add(archive_name(blob, plan.store), blob.size, content.read)
+                content.finish()
         absent = sorted(set(plan.send) - seen)
         if absent:
             raise IntegrityError(f"the payload lacks {len(absent)} blob(s) the manifest lists: " + ", ".join(absent[:5]),
-                                 "The bundle is malformed: ask its builder for a new one.")
-        data = io.BytesIO(archive_manifest(plan.load))
-        archive.add("manifest.json", len(data.getvalue()), data.read)
+                                 BAD_BUNDLE)
+        if containerd:
+            archive.add_bytes("index.json", oci_index(manifest, plan.load))
+        else:
+            archive.add_bytes("manifest.json", docker_archive_manifest(plan.load))
         archive.close()
     except BaseException:
         archive.aborted = True
@@ -281,7 +467,7 @@ def stream_load(client: docker.DockerClient, vb: VerifiedBundle, plan: LoadPlan,
     rfd, wfd = os.pipe()
     try:  # a 1 MiB pipe (Linux): fewer wake-ups between the writer thread and the upload
         import fcntl
-        fcntl.fcntl(wfd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_READ)
+        fcntl.fcntl(wfd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
     except OSError:
         pass
     failed: list[BaseException] = []
@@ -296,7 +482,7 @@ def stream_load(client: docker.DockerClient, vb: VerifiedBundle, plan: LoadPlan,
 
     def body() -> Iterator[bytes]:
         while True:
-            chunk = os.read(rfd, PIPE_READ)
+            chunk = os.read(rfd, PIPE_SIZE)
             if not chunk:
                 break
             yield chunk
@@ -304,7 +490,7 @@ def stream_load(client: docker.DockerClient, vb: VerifiedBundle, plan: LoadPlan,
         if failed:
             raise _Aborted()  # abort the upload mid-body: the engine drops the cut archive
 
-    thread = threading.Thread(target=writer, name="docker-archive-writer", daemon=True)
+    thread = threading.Thread(target=writer, name="image-archive-writer", daemon=True)
     thread.start()
     messages: list[str] = []
     errors: list[str] = []
@@ -318,6 +504,7 @@ def stream_load(client: docker.DockerClient, vb: VerifiedBundle, plan: LoadPlan,
                 detail = item.get("errorDetail")
                 errors.append(str((detail or {}).get("message") if isinstance(detail, dict) else detail or "")
                               or str(item.get("error")))
+                continue
             text = str(item.get("stream") or item.get("status") or "").strip()
             if text:
                 messages.append(text)
@@ -347,14 +534,16 @@ def stream_load(client: docker.DockerClient, vb: VerifiedBundle, plan: LoadPlan,
 
 
 # --- after the load -------------------------------------------------------------------------------
-def check_pinned(client: docker.DockerClient, images: list[ImageEntry]) -> None:
+def check_pinned(client: docker.DockerClient, images: list[ImageEntry], store: str) -> None:
+    """Each tag resolves to the ID pinned for this store, with the bundle's diff_ids."""
     wrong = []
     for img in images:
+        want = img.expected_id(store)
         data = inspect(client, img.ref)
         if data is None:
             wrong.append(f"  {img.ref}: not on the engine after the load")
-        elif data["Id"] != img.id:
-            wrong.append(f"  {img.ref}: is {data['Id']}, the bundle pins {img.id}")
+        elif data["Id"] != want:
+            wrong.append(f"  {img.ref}: is {data['Id']}, the bundle pins {want}")
         elif list((data.get("RootFS") or {}).get("Layers") or []) != list(img.diff_ids):
             wrong.append(f"  {img.ref}: its layers differ from the bundle's diff_ids")
     if wrong:
@@ -375,17 +564,22 @@ def rollback(client: docker.DockerClient, plan: LoadPlan) -> list[str]:
             else:
                 repo, tag = split_ref(ref)
                 client.api.tag(before, repo, tag, force=True)
+        except docker.errors.NotFound:
+            continue
         except (AirgapError, docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             problems.append(f"{ref}: {getattr(exc, 'message', exc)}")
     for img in plan.load:
-        if img.id in plan.ids_before:
+        want = plan.expected(img)
+        if want in plan.ids_before:
             continue
         try:
-            data = inspect(client, img.id)
+            data = inspect(client, want)
             if data is not None and not [t for t in data.get("RepoTags") or [] if t != "<none>:<none>"]:
-                client.api.remove_image(img.id)
+                client.api.remove_image(want)
+        except docker.errors.NotFound:
+            continue
         except (AirgapError, docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            problems.append(f"{img.id}: {getattr(exc, 'message', exc)}")
+            problems.append(f"{want}: {getattr(exc, 'message', exc)}")
     return problems
 
 
@@ -400,8 +594,8 @@ def execute(client: docker.DockerClient, vb: VerifiedBundle, plan: LoadPlan,
         for img in plan.tag_only:
             repo, tag = split_ref(img.ref)
             with engine_errors(f"tag {img.ref}"):
-                client.api.tag(img.id, repo, tag, force=True)
-        check_pinned(client, plan.load + plan.tag_only)
+                client.api.tag(plan.expected(img), repo, tag, force=True)
+        check_pinned(client, plan.load + plan.tag_only, plan.store)
     except BaseException as exc:
         problems = rollback(client, plan)
         if problems and isinstance(exc, AirgapError):

@@ -1,50 +1,115 @@
-"""Push a bundle's images into an internal registry, and say what the Toolkit must be told.
+"""Push a bundle's images into an internal registry, digests intact, with no Docker engine.
 
-Name mapping (the registry replaces the image's own registry host; the path stays)::
+``overleaf-import push BUNDLE --registry HOST[:PORT][/PREFIX]`` reads the verified payload
+ONCE (:class:`manifests.payload.SegmentReader`: no byte is used before its segment's hash
+matched the signed manifest) and talks to the registry over its HTTP API v2
+(:class:`manifests.distribution.RegistryClient`: ``docker login`` credentials, the token
+flow, plain HTTP only for loopback or with ``insecure``):
+
+1. before any upload, every layer a delta bundle left out must already be in the target
+   repository (HEAD), or be mountable from another repository of this push (cross-repo
+   mount); otherwise :class:`MissingLayersError` names them, and nothing is written;
+2. each blob, as its member streams past (manifests and configs first, then layers): a
+   blob the repository has is skipped (HEAD), one another repository of this push has is
+   mounted, anything else is uploaded (``zstd``-encoded members are decoded on the way,
+   and the decoded bytes must hash to the blob's digest);
+3. only after the whole payload was read intact, each image's manifest is PUT under its
+   tag with its exact bytes and media type. The digest the registry reports must equal
+   ``ImageEntry.manifest_digest``: for an exact bundle that is the upstream digest, so
+   digest-pinned deployments and signatures keep working. A damaged payload therefore
+   tags nothing.
+
+Name mapping (the registry, and its optional prefix, replace the image's registry host)::
 
     quay.io/sharelatex/sharelatex-pro:6.2.2  ->  HOST:PORT/sharelatex/sharelatex-pro:6.2.2
-    sharelatex/sharelatex:5.5.4              ->  HOST:PORT/sharelatex/sharelatex:5.5.4
+    sharelatex/sharelatex:5.5.4              ->  HOST:PORT/PREFIX/sharelatex/sharelatex:5.5.4
     mongo:8.0                                ->  HOST:PORT/mongo:8.0       (no "library/")
     docker.io/library/redis:7.4              ->  HOST:PORT/redis:7.4
 
 A first path component is a registry host when it holds a ``.`` or ``:`` or is
 ``localhost`` (Docker's rule). Two images that would land on the same name are refused.
 
-The registry-named tags are temporary: each is created on the local engine, pushed,
-and removed again (an older local tag of the same name is put back), unless
-``keep_tags`` is set.
-
-    mapping = registry_names(["mongo:8.0"], "registry.lan:5000")   # {"mongo:8.0": "registry.lan:5000/mongo:8.0"}
+    target = parse_registry("registry.lan:5000/overleaf")
+    result = push_bundle(manifest, locate, target)
+    result.images[0].registry_digest == manifest.images[0].manifest_digest
 """
 from __future__ import annotations
 
-import ipaddress
+import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
-import docker
-import docker.errors
-import requests.exceptions
+import zstandard
 
-from manifests.bundle import BundleManifest
-from manifests.errors import RegistryError
+from manifests.bundle import BlobEntry, BundleManifest
+from manifests.distribution import RegistryClient, is_loopback
+from manifests.errors import AirgapError, IntegrityError, RegistryError
+from manifests.payload import SegmentReader, iter_members
 
-from .engine import down_error, engine_errors, image_id, split_ref
+CHUNK = 1024 * 1024
+MANIFEST_LIMIT = 4 * 1024 * 1024
 
-REGISTRY_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
-                         r"(?::[0-9]{1,5})?$")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*(?::([0-9]{{1,5}}))?$")
+_PATH_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+
+
+class RegistryAddressError(AirgapError):
+    """``--registry`` is not HOST[:PORT][/PREFIX] (a usage error)."""
+
+    exit_code = 2
+
+
+class MissingLayersError(RegistryError):
+    """A delta bundle left out layers that the target registry does not have."""
+
+
+# --- the registry address ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RegistryTarget:
+    host: str        # HOST[:PORT]
+    prefix: str      # "" or "team/overleaf": put in front of every repository path
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}/{self.prefix}" if self.prefix else self.host
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+def parse_registry(address: str) -> RegistryTarget:
+    """``HOST[:PORT][/PREFIX]`` -> :class:`RegistryTarget`; anything else is a usage error (exit 2)."""
+    text = (address or "").strip()
+    bad = RegistryAddressError(
+        f"{address!r} is not a registry address",
+        "Give it as HOST[:PORT][/PREFIX], e.g. registry.example.lan:5000 or registry.example.lan/overleaf "
+        "(no http:// or https://: plain HTTP is --insecure).")
+    if not text or "://" in text or len(text) > 255:
+        raise bad
+    host, _, prefix = text.rstrip("/").partition("/")
+    m = _HOST_RE.match(host)
+    if not m or (m.group(1) is not None and not 0 < int(m.group(1)) < 65536):
+        raise bad
+    if prefix and not all(_PATH_COMPONENT_RE.match(p) for p in prefix.split("/")):
+        raise RegistryAddressError(
+            f"the repository prefix {prefix!r} in {address!r} is not valid",
+            "Use lowercase letters, digits and . _ - between slashes, e.g. registry.lan:5000/team/overleaf.")
+    return RegistryTarget(host.lower(), prefix)
 
 
 def check_registry(address: str) -> str:
-    a = address.strip().rstrip("/")
-    for scheme in ("http://", "https://"):
-        if a.startswith(scheme):
-            a = a[len(scheme):]
-    if not REGISTRY_RE.match(a) or "/" in a:
-        raise RegistryError(f"{address!r} is not a registry address",
-                            "Give it as HOST or HOST:PORT, e.g. registry.example.lan:5000.")
-    return a
+    """The normalised ``HOST[:PORT][/PREFIX]`` of ``address``, or :class:`RegistryAddressError` (exit 2)."""
+    return parse_registry(address).address
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """``"host:5000/a/b:tag"`` -> ``("host:5000/a/b", "tag")`` (references are always name:tag here)."""
+    repo, _, tag = ref.rpartition(":")
+    return repo, tag
 
 
 def repository_path(ref: str) -> tuple[str, str]:
@@ -61,6 +126,7 @@ def repository_path(ref: str) -> tuple[str, str]:
 
 
 def registry_names(refs: Iterable[str], registry: str) -> dict[str, str]:
+    """``{ref: "REGISTRY/path:tag"}``; ``registry`` may carry a prefix (``host:5000/team``)."""
     out: dict[str, str] = {}
     seen: dict[str, str] = {}
     for ref in refs:
@@ -74,6 +140,7 @@ def registry_names(refs: Iterable[str], registry: str) -> dict[str, str]:
     return out
 
 
+# --- overleaf.rc -----------------------------------------------------------------------------------
 def _kind(ref: str) -> str:
     path, _ = repository_path(ref)
     last = path.rsplit("/", 1)[-1]
@@ -129,99 +196,264 @@ def overleaf_rc(manifest: BundleManifest, mapping: dict[str, str]) -> tuple[dict
     return rc, warnings
 
 
-def _is_loopback(registry: str) -> bool:
-    host = registry.rsplit(":", 1)[0] if registry.count(":") == 1 else registry
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+# --- the push ---------------------------------------------------------------------------------------
+@dataclass
+class PushedImage:
+    ref: str
+    target: str                  # HOST[:PORT][/PREFIX]/path:tag
+    registry_digest: str         # what the registry reports for the tag
+    manifest_digest: str         # what the bundle pinned (ImageEntry.manifest_digest)
+    upstream_digest: str | None
+    exact: bool
 
+    @property
+    def digest_preserved(self) -> bool:
+        """True when the registry serves the upstream manifest digest (exact, single-platform upstream)."""
+        return self.exact and self.registry_digest == self.upstream_digest
 
-def check_insecure_allowed(client: docker.DockerClient, registry: str) -> None:
-    """With --insecure (plain HTTP), the engine itself must list the registry as insecure."""
-    if _is_loopback(registry):
-        return
-    with engine_errors("describe its registry settings"):
-        cfg = client.info().get("RegistryConfig") or {}
-    index = (cfg.get("IndexConfigs") or {}).get(registry) or {}
-    if index.get("Secure") is False:
-        return
-    host = registry.rsplit(":", 1)[0]
-    for cidr in cfg.get("InsecureRegistryCIDRs") or []:
-        try:
-            if ipaddress.ip_address(host) in ipaddress.ip_network(cidr):
-                return
-        except ValueError:
-            continue
-    raise RegistryError(
-        f"the Docker engine does not allow plain HTTP to {registry}: the insecure setting belongs to the engine",
-        f'Add "insecure-registries": ["{registry}"] to /etc/docker/daemon.json, restart Docker, and run again '
-        "(or give the registry a TLS certificate the engine trusts and drop --insecure).")
+    def to_dict(self) -> dict[str, Any]:
+        return {"ref": self.ref, "target": self.target, "digest": self.registry_digest,
+                "manifest_digest": self.manifest_digest, "upstream_digest": self.upstream_digest,
+                "exact": self.exact, "digest_preserved": self.digest_preserved}
 
 
 @dataclass
 class PushResult:
-    pushed: dict[str, str] = field(default_factory=dict)     # ref -> registry ref
-    digests: dict[str, str] = field(default_factory=dict)    # registry ref -> manifest digest
+    registry: str
+    images: list[PushedImage] = field(default_factory=list)
+    uploaded: list[str] = field(default_factory=list)     # blob digests uploaded (once per repository)
+    skipped: list[str] = field(default_factory=list)      # already in the target repository
+    mounted: list[str] = field(default_factory=list)      # mounted from another repository
+    bytes_uploaded: int = 0
+
+    @property
+    def pushed(self) -> dict[str, str]:
+        return {i.ref: i.target for i in self.images}
+
+    @property
+    def digests(self) -> dict[str, str]:
+        return {i.target: i.registry_digest for i in self.images}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"registry": self.registry, "images": [i.to_dict() for i in self.images],
+                "pushed": self.pushed, "digests": self.digests,
+                "blobs": {"uploaded": len(self.uploaded), "skipped": len(self.skipped), "mounted": len(self.mounted),
+                          "bytes_uploaded": self.bytes_uploaded}}
 
 
-def push_images(client: docker.DockerClient, manifest: BundleManifest, mapping: dict[str, str], *,
-                keep_tags: bool = False, on_image: Callable[[str, str], None] | None = None) -> PushResult:
-    result = PushResult()
-    for img in manifest.images:
-        target = mapping[img.ref]
-        repo, tag = split_ref(target)
-        before = image_id(client, target)
-        if on_image:
-            on_image(img.ref, target)
+class _OneShotBlob:
+    """The blob bytes of one payload member, decoded if needed, hashed and counted as they are read.
+
+    The payload is read once, so the stream can be opened once: a second ``open()`` (a retried
+    upload) raises. :meth:`finish` checks size, digest and that nothing follows.
+    """
+
+    def __init__(self, member, blob: BlobEntry) -> None:
+        self.blob = blob
+        self.src = (zstandard.ZstdDecompressor().stream_reader(member, read_size=CHUNK, read_across_frames=True,
+                                                               closefd=False)
+                    if blob.encoding == "zstd" else member)
+        self.hash = hashlib.sha256()
+        self.count = 0
+        self.opened = False
+
+    def open(self) -> "_OneShotBlob":
+        if self.opened:
+            raise RegistryError(f"the registry asked for blob {self.blob.digest} twice (a retried upload), which a "
+                                "single pass over the bundle cannot give", "Run the same command again.")
+        self.opened = True
+        return self
+
+    def __enter__(self) -> "_OneShotBlob":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def read(self, n: int = -1) -> bytes:
         try:
-            with engine_errors(f"tag {img.ref} as {target}"):
-                client.api.tag(img.id, repo, tag, force=True)
-            digest = _push_one(client, repo, tag, target)
-        finally:
-            if not keep_tags and before != img.id:
-                _restore(client, target, before)
-        result.pushed[img.ref] = target
-        if digest:
-            result.digests[target] = digest
+            data = self.src.read(CHUNK if n is None or n < 0 else n)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"blob {self.blob.digest} in the payload cannot be decompressed: {exc}",
+                                 "The bundle is malformed: ask its builder for a new one.") from None
+        self.hash.update(data)
+        self.count += len(data)
+        return data
+
+    def finish(self) -> None:
+        if self.opened:
+            extra = self.read(1)
+            if extra or self.count != self.blob.size or "sha256:" + self.hash.hexdigest() != self.blob.digest:
+                raise IntegrityError(f"blob {self.blob.digest} in the payload does not match its digest or size",
+                                     "The bundle is malformed or was built by a faulty builder: ask for a new one. "
+                                     "No tag was pushed.")
+
+
+def _plan_repositories(manifest: BundleManifest, mapping: dict[str, str], prefix_len: int
+                       ) -> tuple[dict[str, tuple[str, str]], dict[str, list[str]]]:
+    """``{ref: (repository, tag)}`` and ``{blob digest: [repositories that need it]}`` (config + layers)."""
+    repos: dict[str, tuple[str, str]] = {}
+    needs: dict[str, list[str]] = {}
+    for img in manifest.images:
+        repo, tag = split_ref(mapping[img.ref])
+        repo = repo[prefix_len:]
+        repos[img.ref] = (repo, tag)
+        for digest in (img.id, *img.layers):
+            lst = needs.setdefault(digest, [])
+            if repo not in lst:
+                lst.append(repo)
+    return repos, needs
+
+
+def check_omitted(client: RegistryClient, manifest: BundleManifest, repos: dict[str, tuple[str, str]],
+                  candidates: Sequence[str]) -> list[str]:
+    """Make every omitted layer exist in each repository that needs it (HEAD, else mount); return mounted ones.
+
+    Raises :class:`MissingLayersError` naming every layer that is nowhere to be found.
+    """
+    omitted = set(manifest.omitted_layers)
+    mounted: list[str] = []
+    missing: list[tuple[str, str]] = []
+    catalog: list[str] | None = None     # the registry's other repositories, asked for only when needed
+    for img in manifest.images:
+        repo, _ = repos[img.ref]
+        for digest in img.layers:
+            if digest not in omitted:
+                continue
+            if client.blob_exists(repo, digest):
+                continue
+            if any(src != repo and client.mount_blob(repo, digest, src) for src in candidates):
+                mounted.append(digest)
+                continue
+            if catalog is None:
+                catalog = [r for r in _catalog(client) if r not in candidates]
+            if any(src != repo and client.mount_blob(repo, digest, src) for src in catalog):
+                mounted.append(digest)
+                continue
+            missing.append((img.ref, digest))
+    if missing:
+        shown = "; ".join(f"{ref}: {d}" for ref, d in missing[:8]) + (" ..." if len(missing) > 8 else "")
+        raise MissingLayersError(
+            f"this delta bundle leaves out {len(missing)} layer(s) that the registry {client.host} does not have "
+            f"in the target repositories ({shown})",
+            "Push the bundle those images came from (the one the inventory receipt was made after) to this registry "
+            "first, or build a full bundle (without --have). Nothing was pushed.")
+    return mounted
+
+
+def _catalog(client: RegistryClient, limit: int = 1000) -> list[str]:
+    """The registry's repositories (``GET /v2/_catalog``), or [] where the registry does not list them."""
+    try:
+        resp = client._request("GET", f"{client.base}/v2/_catalog?n={limit}", ("registry:catalog:*",),
+                               what="the repository list")
+        with resp:
+            names = resp.json().get("repositories") or []
+        return [n for n in names if isinstance(n, str)]
+    except (RegistryError, ValueError, AttributeError):
+        return []
+
+
+def push_bundle(manifest: BundleManifest, locate: Callable[[str], Path], target: RegistryTarget, *,
+                insecure: bool = False, client: RegistryClient | None = None,
+                on_bytes: Callable[[int], None] | None = None,
+                on_image: Callable[[str, str], None] | None = None) -> PushResult:
+    """Push every image of a verified bundle to ``target``; see the module docstring for the order.
+
+    ``locate(part_name)`` finds a part on disk (``BundleFolders.locate_for_reading``);
+    ``on_bytes`` counts payload bytes read, ``on_image(ref, target)`` is called before each tag.
+    """
+    mapping = registry_names([i.ref for i in manifest.images], target.address)
+    prefix_len = len(target.host) + 1
+    repos, needs = _plan_repositories(manifest, mapping, prefix_len)
+    own = client is None
+    if client is None:
+        client = RegistryClient(target.host, insecure=insecure)
+    result = PushResult(target.address)
+    try:
+        client.ping()
+        all_repos = list(dict.fromkeys(r for r, _ in repos.values()))
+        assumed = [split_ref(t)[0][prefix_len:]
+                   for t in registry_names(manifest.upgrade_plan.assumed_present, target.address).values()]
+        result.mounted += check_omitted(client, manifest, repos, list(dict.fromkeys(all_repos + assumed)))
+        manifests = _stream_blobs(client, manifest, needs, result, locate, on_bytes)
+        for img in manifest.images:
+            repo, tag = repos[img.ref]
+            if on_image is not None:
+                on_image(img.ref, mapping[img.ref])
+            data, media_type = manifests[img.manifest_digest]
+            got = client.put_manifest(repo, tag, data, media_type)
+            if got != img.manifest_digest:
+                raise RegistryError(f"the registry {client.host} stored {mapping[img.ref]} as {got}, not as the "
+                                    f"bundle's {img.manifest_digest}",
+                                    "The registry rewrote the manifest; digest-pinned deployments would not match.")
+            result.images.append(PushedImage(img.ref, mapping[img.ref], got, img.manifest_digest,
+                                             img.upstream_digest, img.exact))
+    finally:
+        if own:
+            client.close()
     return result
 
 
-def _push_one(client: docker.DockerClient, repo: str, tag: str, target: str) -> str | None:
-    digest = None
+def _stream_blobs(client: RegistryClient, manifest: BundleManifest, needs: dict[str, list[str]],
+                  result: PushResult, locate: Callable[[str], Path],
+                  on_bytes: Callable[[int], None] | None) -> dict[str, tuple[bytes, str]]:
+    """One pass over the payload: upload what the registry lacks; return ``{digest: (manifest bytes, type)}``."""
+    by_path = {b.path: b for b in manifest.blobs}
+    wanted_manifests = {i.manifest_digest for i in manifest.images}
+    manifests: dict[str, tuple[bytes, str]] = {}
+    seen: set[str] = set()
+    reader = SegmentReader(manifest.parts, manifest.segment_size, locate, on_bytes=on_bytes)
     try:
-        for item in client.api.push(repo, tag=tag, stream=True, decode=True):
-            if not isinstance(item, dict):
+        for name, size, member in iter_members(reader):
+            blob = by_path.get(name)
+            if blob is None or size != blob.stored_size:
+                raise IntegrityError(f"the payload holds {name} ({size} bytes), which the manifest does not list so",
+                                     "The bundle is malformed: ask its builder for a new one.")
+            if blob.digest in seen:
+                raise IntegrityError(f"the payload holds {name} twice", "The bundle is malformed.")
+            seen.add(blob.digest)
+            if blob.kind == "manifest":
+                if blob.digest in wanted_manifests:
+                    manifests[blob.digest] = (_read_manifest(member, blob), blob.media_type)
                 continue
-            if "errorDetail" in item or "error" in item:
-                detail = item.get("errorDetail")
-                message = (detail or {}).get("message") if isinstance(detail, dict) else None
-                raise RegistryError(f"pushing {target} failed: {message or item.get('error')}",
-                                    "Check that the registry is reachable from this host, that you are logged in "
-                                    "(docker login), and for plain HTTP that the engine lists it as insecure.")
-            aux = item.get("aux")
-            if isinstance(aux, dict) and aux.get("Digest"):
-                digest = str(aux["Digest"])
-    except docker.errors.APIError as exc:
-        raise RegistryError(f"pushing {target} failed: {getattr(exc, 'explanation', None) or exc}",
-                            "Check the registry address and your login (docker login).") from exc
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        raise down_error(exc, f"push {target} with") from exc
-    if digest is None:
-        raise RegistryError(f"pushing {target} ended without the registry confirming a digest",
-                            "Run the same command again; check the registry's log.")
-    return digest
+            repos = needs.get(blob.digest, [])
+            if not repos:
+                continue
+            stream = _OneShotBlob(member, blob)
+            first = None
+            for repo in repos:
+                how = client.push_blob(repo, blob.digest, blob.size, stream.open,
+                                       mount_from=[first] if first else ())
+                {"exists": result.skipped, "mounted": result.mounted, "uploaded": result.uploaded}[how].append(
+                    blob.digest)
+                first = first or repo
+            stream.finish()
+            result.bytes_uploaded += stream.count if stream.opened else 0
+    finally:
+        reader.close()
+    absent = sorted((set(needs) - set(manifest.omitted_layers) - seen) | (wanted_manifests - set(manifests)))
+    if absent:
+        raise IntegrityError(f"the payload lacks {len(absent)} blob(s) the manifest lists: " + ", ".join(absent[:5]),
+                             "The bundle is malformed: ask its builder for a new one. No tag was pushed.")
+    return manifests
 
 
-def _restore(client: docker.DockerClient, target: str, before: str | None) -> None:
-    try:
-        if before is None:
-            client.api.remove_image(target, noprune=True)
-        else:
-            repo, tag = split_ref(target)
-            client.api.tag(before, repo, tag, force=True)
-    except (docker.errors.DockerException, requests.exceptions.RequestException):
-        pass  # best effort: a leftover registry-named tag is harmless
+def _read_manifest(member, blob: BlobEntry) -> bytes:
+    if blob.size > MANIFEST_LIMIT:
+        raise IntegrityError(f"manifest blob {blob.digest} is {blob.size} bytes, over {MANIFEST_LIMIT}",
+                             "The bundle is malformed: ask its builder for a new one.")
+    stream = _OneShotBlob(member, blob).open()
+    data = b""
+    while True:
+        chunk = stream.read(CHUNK)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MANIFEST_LIMIT:
+            break
+    stream.finish()
+    return data
 

@@ -4,7 +4,17 @@ Commands run as the admin would run them (``bin/stop``, ``bin/up -d``,
 ``bin/docker-compose exec -T ...``) with ``DOCKER_HOST`` passed through. Config edits
 keep the file's other lines, comments and order, are written atomically, and keep a
 copy of the old file the way ``bin/upgrade`` does (``config/__old-version``,
-``config/__old-variables.env.<timestamp>``).
+``config/__old-variables.env.<timestamp>``). Every value written is checked against a
+strict grammar first (:mod:`importer.grammar`).
+
+Ordinary commands (``bin/stop``, ``bin/up``) get a time limit (``OVERLEAF_AIRGAP_TOOLKIT_TIMEOUT``
+seconds, default 1800); long commands (migrations) run with :meth:`Toolkit.stream`: no time
+limit, each output line shown as it comes. While ``config/version`` holds a retracted release
+(5.0.1, 5.0.2) the commands get ``OVERLEAF_SKIP_RETRACTION_CHECK``, as ``bin/upgrade`` does.
+
+    tk = Toolkit(Path("/srv/overleaf-toolkit"), log=print)
+    tk.stop(); tk.write_version("5.5.8"); tk.up()
+    tk.stream(["docker-compose", "exec", "-T", "sharelatex", "/bin/bash", "-c", "..."])
 """
 from __future__ import annotations
 
@@ -20,7 +30,26 @@ from typing import Callable, Sequence
 from manifests.atomic import atomic_write_bytes
 from manifests.errors import ToolkitError
 
+from .grammar import check_config_value
+
 CONTAINERS = ("sharelatex", "mongo", "redis", "git-bridge", "nginx")
+RETRACTED = ("5.0.1", "5.0.2")
+TIMEOUT_ENV = "OVERLEAF_AIRGAP_TOOLKIT_TIMEOUT"
+TEXMFVAR_LEGACY = "TEXMFVAR=/var/lib/sharelatex/tmp/texmf-var"
+
+
+def version_major(version: str) -> int:
+    try:
+        return int(version.split(".")[0])
+    except ValueError:
+        return 0
+
+
+def default_timeout() -> float:
+    try:
+        return float(os.environ.get(TIMEOUT_ENV) or 1800)
+    except ValueError:
+        return 1800.0
 
 
 @dataclass
@@ -34,11 +63,23 @@ def _stamp() -> str:
 
 
 class Toolkit:
-    def __init__(self, root: Path, *, log: Callable[[str], None] = lambda s: None, timeout: float = 1800) -> None:
+    def __init__(self, root: Path, *, log: Callable[[str], None] = lambda s: None, timeout: float | None = None) -> None:
         self.root = Path(root).resolve()
         self.log = log
-        self.timeout = timeout
+        self.timeout = timeout if timeout is not None else default_timeout()
         self.config = self.root / "config"
+
+    def env(self) -> dict[str, str]:
+        """The environment of bin/ commands: ours, plus the retraction bypass bin/upgrade uses."""
+        env = os.environ.copy()
+        env.pop("OVERLEAF_SKIP_RETRACTION_CHECK", None)
+        try:
+            version = self.read_version()
+        except OSError:
+            return env
+        if version.split("-")[0] in RETRACTED:
+            env["OVERLEAF_SKIP_RETRACTION_CHECK"] = version
+        return env
 
     # --- commands -------------------------------------------------------------------
     def run(self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None) -> Result:
@@ -48,7 +89,7 @@ class Toolkit:
         try:
             proc = subprocess.run(cmd, cwd=self.root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True, timeout=timeout or self.timeout,
-                                  env=os.environ.copy())
+                                  env=self.env())
         except subprocess.TimeoutExpired as exc:
             raise ToolkitError(f"bin/{argv[0]} did not finish within {int(exc.timeout)} s",
                                "Look at `bin/logs` and `bin/docker-compose ps`, then run the upgrade with --resume.") from exc
@@ -61,6 +102,27 @@ class Toolkit:
             raise ToolkitError(f"bin/{' '.join(argv)} failed (exit {res.code}):\n{tail}",
                                "Fix the cause shown above, then run the upgrade again with --resume.")
         return res
+
+    def stream(self, argv: Sequence[str], *, on_line: Callable[[str], None] | None = None) -> Result:
+        """Run ``bin/<cmd> args`` with no time limit, showing each output line as it comes (long migrations)."""
+        cmd = [str(self.root / "bin" / argv[0]), *argv[1:]]
+        self.log("$ " + " ".join(["bin/" + argv[0], *argv[1:]]))
+        show = on_line or (lambda line: self.log("  | " + line))
+        lines: list[str] = []
+        try:
+            proc = subprocess.Popen(cmd, cwd=self.root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, errors="replace", env=self.env())
+        except OSError as exc:
+            raise ToolkitError(f"cannot run bin/{argv[0]}: {exc.strerror}",
+                               "Check that the Toolkit folder is complete and its bin/ scripts are executable.") from exc
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            if len(lines) > 5000:
+                del lines[:1000]
+            show(line)
+        return Result(proc.wait(), "\n".join(lines) + ("\n" if lines else ""))
 
     def stop(self, *services: str) -> None:
         self.run(["stop", *services])
@@ -85,30 +147,41 @@ class Toolkit:
 
     def write_version(self, version: str) -> None:
         """As bin/upgrade does: keep the old one in config/__old-version, then write atomically."""
+        check_config_value("version", version)
         old = self.config / "version"
         if old.exists() and old.read_text("utf-8").strip() != version:
             atomic_write_bytes(self.config / "__old-version", old.read_bytes())
         atomic_write_bytes(old, (version + "\n").encode())
 
-    def _edit(self, name: str, key: str, value: str | None, *, keep_copy: bool) -> bool:
-        """Set (or, with value None, remove) ``KEY=`` in a config file; True when it changed."""
+    def _edit(self, name: str, values: dict[str, str | None], *, keep_copy: bool) -> bool:
+        """Set (or, with value None, remove) ``KEY=`` lines in a config file, all in one atomic write;
+        True when it changed. Every value is checked against its grammar first."""
+        for key, value in values.items():
+            check_config_value(name, key, value)
+            if name == "variables.env" and value is not None and key.startswith("OVERLEAF_") \
+                    and version_major(self.read_version()) < 5:
+                raise ToolkitError(f"refusing to add {key} to config/variables.env while config/version is "
+                                   f"{self.read_version()}: below 5.0 every bin/ command refuses OVERLEAF_ variables",
+                                   "It is added once the upgrade has moved to 5.x.")
         path = self.config / name
         text = path.read_text("utf-8") if path.exists() else ""
         lines = text.splitlines()
-        pat = re.compile(rf"^\s*(?:export\s+)?{re.escape(key)}=")
-        new_line = None if value is None else f"{key}={value}"
-        out, found = [], False
-        for line in lines:
-            if pat.match(line):
-                if found or new_line is None:
-                    continue
-                found = True
+        for key, value in values.items():
+            pat = re.compile(rf"^\s*(?:export\s+)?{re.escape(key)}=")
+            new_line = None if value is None else f"{key}={value}"
+            out, found = [], False
+            for line in lines:
+                if pat.match(line):
+                    if found or new_line is None:
+                        continue
+                    found = True
+                    out.append(new_line)
+                else:
+                    out.append(line)
+            if not found and new_line is not None:
                 out.append(new_line)
-            else:
-                out.append(line)
-        if not found and new_line is not None:
-            out.append(new_line)
-        new_text = "\n".join(out) + "\n"
+            lines = out
+        new_text = "\n".join(lines) + "\n"
         if new_text == (text if text.endswith("\n") else text + "\n"):
             return False
         if keep_copy and path.exists():
@@ -117,14 +190,18 @@ class Toolkit:
         return True
 
     def set_rc(self, key: str, value: str | None, *, keep_copy: bool = False) -> bool:
-        return self._edit("overleaf.rc", key, value, keep_copy=keep_copy)
+        return self._edit("overleaf.rc", {key: value}, keep_copy=keep_copy)
+
+    def set_rc_many(self, values: dict[str, str | None], *, keep_copy: bool = False) -> bool:
+        return self._edit("overleaf.rc", values, keep_copy=keep_copy)
 
     def set_env(self, key: str, value: str | None, *, keep_copy: bool = False) -> bool:
-        return self._edit("variables.env", key, value, keep_copy=keep_copy)
+        return self._edit("variables.env", {key: value}, keep_copy=keep_copy)
 
     def rename_sharelatex_vars(self, names: Sequence[str] = ("variables.env", "overleaf.rc")) -> list[str]:
-        """SHARELATEX_ -> OVERLEAF_ in the given config files (default both), dropping the legacy TEXMFVAR
-        line, each changed file first copied to ``config/__old-<name>.<timestamp>``. Idempotent."""
+        """SHARELATEX_ -> OVERLEAF_ in the given config files (default both), dropping every line that holds the
+        legacy TEXMFVAR setting (comments too: the Toolkit refuses it anywhere in variables.env), each changed
+        file first copied to ``config/__old-<name>.<timestamp>``. Idempotent."""
         changed = []
         for name in names:
             path = self.config / name
@@ -133,10 +210,44 @@ class Toolkit:
             text = path.read_text("utf-8")
             new = re.sub(r"SHARELATEX_", "OVERLEAF_", text)
             if name == "variables.env":
-                new = "".join(l for l in new.splitlines(keepends=True)
-                              if not re.match(r"^\s*TEXMFVAR=/var/lib/sharelatex/tmp/texmf-var\s*$", l))
+                new = "".join(l for l in new.splitlines(keepends=True) if TEXMFVAR_LEGACY not in l)
             if new != text:
                 shutil.copy2(path, self.config / f"__old-{name}.{_stamp()}")
                 atomic_write_bytes(path, new.encode())
                 changed.append(name)
         return changed
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What this Toolkit checkout's code can do, read from its files (the Toolkit has no version number).
+
+    ``overleaf_rc_names``: reads the 2024 ``OVERLEAF_`` names in overleaf.rc (has ``bin/rename-rc-vars``);
+    ``mongosh``: switches to ``mongosh`` for MongoDB 6+ (older Toolkits always run the legacy ``mongo`` shell,
+    which MongoDB 6+ images lack); ``mongo_version``: reads the split ``MONGO_IMAGE`` + ``MONGO_VERSION`` form;
+    ``compose_v2``: runs ``docker compose`` (v2) when it answers.
+    """
+
+    overleaf_rc_names: bool
+    mongosh: bool
+    mongo_version: bool
+    compose_v2: bool
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in self.__dict__.items())
+
+
+def capabilities(root: Path) -> Capabilities:
+    root = Path(root)
+    code = ""
+    for rel in ("lib/shared-functions.sh", "bin/docker-compose", "bin/up", "lib/docker-compose.mongo.yml"):
+        try:
+            code += (root / rel).read_text("utf-8", errors="replace") + "\n"
+        except OSError:
+            pass
+    return Capabilities(
+        overleaf_rc_names=(root / "bin" / "rename-rc-vars").is_file(),
+        mongosh="MONGOSH" in code or "mongosh" in code,
+        mongo_version="MONGO_VERSION" in code,
+        compose_v2=re.search(r"docker\s+compose\b", code) is not None,
+    )

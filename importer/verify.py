@@ -3,10 +3,20 @@
 The order is :mod:`manifests.trust`'s (this module only feeds it bytes): nothing in
 ``manifest.json`` is read before its signature checked out against a trusted key.
 Then every part and file the manifest lists is located (in the bundle folder or in
-the ``--parts-from`` folders, one per disc), its size compared and its sha256
-computed, several files at once (``hashlib`` releases the GIL; one at a time per
-read-only file system, where a disc would seek between files). Every problem is
-collected, so one run names *every* missing, damaged, truncated or unexpected file.
+the ``--parts-from`` folders, one per disc) and its size compared. Parts are checked
+segment by segment against the manifest's per-segment hashes
+(:func:`manifests.payload.check_part`, several segments at once: the segments cover
+every byte, so no whole-part hash is needed); the small files (wheels,
+README-OFFLINE, the Toolkit bundle) by their sha256. Several files are checked at
+once, but one at a time per read-only file system, where a disc would seek between
+files. Every problem is collected, so one run names *every* missing, damaged,
+truncated or unexpected file.
+
+``load`` does not hash the parts first: ``verify_bundle(..., stream_parts=True)``
+checks everything but the parts' contents (their presence and size only), and the
+loader reads the parts once through :class:`manifests.payload.SegmentReader`, which
+releases no segment before its hash matched. Such a bundle is recorded as accepted
+(:func:`accept_bundle`) only after the load read every part.
 
     folders = BundleFolders(Path("/media/disc1"), [Path("/media/disc2")])
     vb = verify_bundle(folders, load_trusted([]), HostState.load(), now=utc_now())
@@ -26,6 +36,8 @@ from typing import Callable, Iterable, Sequence
 
 from manifests.bundle import MANIFEST_NAME, PAYLOAD_PREFIX, PUBKEY_NAME, README_NAME, SIGNATURE_NAME, BundleManifest, FileRef
 from manifests.errors import IntegrityError, KeyError_, SignatureError
+from manifests.payload import check_part
+from manifests.safeio import MANIFEST_CAP, SIGNATURE_CAP, read_regular
 from manifests.signing import key_id, load_public_key
 from manifests.trust import Accepted, acceptance, verify_manifest
 
@@ -45,8 +57,12 @@ def safe_path(folder: Path, name: str) -> Path:
     if not name or name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in name.split("/")):
         raise IntegrityError(f"the manifest names a file {name!r} outside the bundle folder",
                              "The bundle is malformed: do not use it; ask its builder for a new one.")
-    root = folder.resolve()
-    path = (root / name).resolve()
+    try:
+        root = folder.resolve()
+        path = (root / name).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop: RuntimeError on Python 3.11, OSError later
+        raise IntegrityError(f"{name} in {folder} cannot be resolved ({exc})",
+                             f"Replace the link {folder / name} with the real file from the original media.") from None
     if not path.is_relative_to(root):
         raise IntegrityError(f"{name} in {folder} leads outside that folder (to {path})",
                              f"Replace the link {folder / name} with the real file from the original media.")
@@ -83,7 +99,7 @@ class BundleFolders:
         return candidates[0] if candidates else None
 
     def locate_for_reading(self, refs: Sequence[FileRef]) -> Callable[[str], Path]:
-        """A ``locate(name)`` for :class:`manifests.payload.PartReader`: asks for the next disc if needed."""
+        """A ``locate(name)`` for :class:`manifests.payload.SegmentReader`: asks for the next disc if needed."""
         by_name = {r.name: r for r in refs}
 
         def locate(name: str) -> Path:
@@ -98,7 +114,7 @@ class BundleFolders:
                     return path
                 folder = self.ask([name]) if self.ask else None
                 if folder is None:
-                    return self.bundle_dir / name  # PartReader reports it as unreadable
+                    return self.bundle_dir / name  # the SegmentReader reports it as unreadable
                 self.add(folder)
 
         return locate
@@ -120,6 +136,8 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     bytes: int = 0
     seconds: float = 0.0
+    deferred: list[str] = field(default_factory=list)   # parts left to the loader (not found yet, interactive)
+    parts_hashed: bool = True
 
     @property
     def mb_per_s(self) -> float:
@@ -136,6 +154,13 @@ class VerifiedBundle:
     folders: BundleFolders
     accepted: Accepted
     recorded: bool
+    state: HostState | None = None       # where accept_bundle() records a bundle whose parts were streamed
+    allow_downgrade: bool = False
+
+    @property
+    def parts_hashed(self) -> bool:
+        """Whether every part was already hashed (False: the loader checks them while it reads them)."""
+        return self.report.parts_hashed
 
 
 def hash_file(path: Path, on_bytes: Callable[[int], None] | None = None, read_size: int = READ_SIZE) -> tuple[int, str]:
@@ -165,8 +190,14 @@ def hash_workers() -> int:
 
 
 def check_contents(manifest: BundleManifest, folders: BundleFolders,
-                   on_bytes: Callable[[int], None] | None = None, workers: int | None = None) -> CheckReport:
-    """Size and sha256 of every part and file; every unexpected file. Never raises for a bad file."""
+                   on_bytes: Callable[[int], None] | None = None, workers: int | None = None, *,
+                   hash_parts: bool = True) -> CheckReport:
+    """Every part and file, and every unexpected file. Never raises for a bad file.
+
+    Parts: size, then every segment hash (``hash_parts``; without it only presence and size,
+    and in an interactive run a part not found yet is left to the loader, which asks for its disc).
+    Files: size and sha256.
+    """
     report = CheckReport()
     start = time.monotonic()
     lock = threading.Lock()
@@ -178,10 +209,12 @@ def check_contents(manifest: BundleManifest, folders: BundleFolders,
                 on_bytes(n)
 
     n_workers = workers or hash_workers()
-    per_device: dict[int, threading.Semaphore] = {}
+    per_device: dict[int, tuple[threading.Semaphore, int]] = {}
+    part_names = {p.name for p in manifest.parts}
 
-    def device_slot(path: Path) -> threading.Semaphore:
-        """Several files at once per device, but one at a time from read-only media (discs seek slowly)."""
+    def device_slot(path: Path) -> tuple[threading.Semaphore, int]:
+        """Several files (and segments) at once per device, but one read at a time from read-only
+        media (discs seek slowly)."""
         dev = path.stat().st_dev
         with lock:
             if dev not in per_device:
@@ -189,7 +222,8 @@ def check_contents(manifest: BundleManifest, folders: BundleFolders,
                     readonly = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
                 except OSError:
                     readonly = False
-                per_device[dev] = threading.Semaphore(1 if readonly else n_workers)
+                per_device[dev] = (threading.Semaphore(1), 1) if readonly else (threading.Semaphore(n_workers),
+                                                                                 n_workers)
             return per_device[dev]
 
     def check(ref: FileRef, path: Path) -> Problem | None:
@@ -197,7 +231,16 @@ def check_contents(manifest: BundleManifest, folders: BundleFolders,
         if size != ref.size:
             how = "truncated" if size < ref.size else "too long"
             return Problem(ref.name, "size", f"{how}: {size} bytes at {path}, the manifest says {ref.size}")
-        with device_slot(path):
+        if ref.name in part_names:
+            if not hash_parts:
+                return None
+            slot, segment_workers = device_slot(path)
+            with slot:
+                bad = check_part(path, manifest.part(ref.name), manifest.segment_size, workers=segment_workers,
+                                 on_bytes=count)
+            return None if bad is None else Problem(ref.name, "sha256", f"{bad} (at {path})")
+        slot, _ = device_slot(path)
+        with slot:
             got_size, digest = hash_file(path, count)
         if got_size != ref.size:
             return Problem(ref.name, "size", f"changed while it was read: {got_size} bytes at {path}")
@@ -236,6 +279,10 @@ def check_contents(manifest: BundleManifest, folders: BundleFolders,
                 else:
                     report.problems.append(problem)
             pending = []
+            if not hash_parts and folders.ask is not None:
+                # the loader asks for each missing part's disc when it gets there: one pass over the media
+                report.deferred = [r.name for r in missing if r.name in part_names]
+                missing = [r for r in missing if r.name not in part_names]
             if missing and folders.ask is not None:
                 folder = folders.ask([r.name for r in missing])
                 if folder is not None:
@@ -252,20 +299,37 @@ def check_contents(manifest: BundleManifest, folders: BundleFolders,
 
 
 def unexpected_files(manifest: BundleManifest, folders: BundleFolders) -> list[Problem]:
-    """Files in the bundle folder the manifest does not list (and stray ``payload.*`` in other folders)."""
+    """Files in the bundle folder the manifest does not list (and stray ``payload.*`` in other folders).
+
+    Never recursive: the bundle folder is listed one level, and each folder that holds listed
+    files (``wheels/``) one level more; any other folder is reported as a whole, unread.
+    """
     listed = {r.name for r in manifest.parts} | {r.name for r in manifest.files}
     allowed = listed | ALLOWED_UNLISTED
+    listed_dirs = {n.split("/", 1)[0] for n in listed if "/" in n}
     problems = []
     root = folders.bundle_dir
+
+    def entries(folder: Path) -> list[os.DirEntry]:
+        try:
+            with os.scandir(folder) as it:
+                return sorted(it, key=lambda e: e.name)
+        except OSError:
+            return []
+
     if root.is_dir():
-        for dirpath, dirnames, filenames in os.walk(root):
-            rel_dir = Path(dirpath).relative_to(root)
-            if rel_dir == Path("."):
-                dirnames[:] = [d for d in dirnames if d not in FS_ARTEFACTS]
-            for name in sorted(filenames) + sorted(d for d in dirnames if os.path.islink(os.path.join(dirpath, d))):
-                rel = (rel_dir / name).as_posix()
-                if rel not in allowed:
-                    problems.append(Problem(rel, "unexpected", f"{Path(dirpath) / name} is not part of this bundle"))
+        for entry in entries(root):
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if is_dir and entry.name in FS_ARTEFACTS:
+                continue
+            if is_dir and entry.name in listed_dirs:
+                for sub in entries(Path(entry.path)):
+                    rel = f"{entry.name}/{sub.name}"
+                    if rel not in allowed or sub.is_dir(follow_symlinks=False):
+                        problems.append(Problem(rel, "unexpected", f"{sub.path} is not part of this bundle"))
+                continue
+            if entry.name not in allowed or is_dir:
+                problems.append(Problem(entry.name, "unexpected", f"{entry.path} is not part of this bundle"))
     for folder in folders.folders[1:]:
         if folder == root or not folder.is_dir():
             continue
@@ -298,16 +362,17 @@ def integrity_error(report: CheckReport) -> IntegrityError:
 
 
 def read_signed_manifest(bundle_dir: Path) -> tuple[bytes, bytes | None]:
+    """manifest.json and its signature: regular files only, bounded, read without blocking (manifests.safeio)."""
     manifest_path = safe_path(bundle_dir, MANIFEST_NAME)
     try:
-        data = manifest_path.read_bytes()
+        data = read_regular(manifest_path, MANIFEST_CAP, "the manifest", IntegrityError,
+                            hint="Copy manifest.json again from the original media.")
     except FileNotFoundError:
         raise IntegrityError(f"{bundle_dir} holds no {MANIFEST_NAME}: is it a bundle folder?",
                              "Pass the folder that holds manifest.json (the first disc of the bundle).") from None
-    except OSError as exc:
-        raise IntegrityError(f"cannot read {manifest_path}: {exc.strerror}") from exc
     try:
-        sig = safe_path(bundle_dir, SIGNATURE_NAME).read_bytes()
+        sig = read_regular(safe_path(bundle_dir, SIGNATURE_NAME), SIGNATURE_CAP, "the signature", SignatureError,
+                           hint="Copy manifest.json.sig again from the original media.")
     except FileNotFoundError:
         sig = None
     return data, sig
@@ -329,8 +394,13 @@ def _untrusted_hint(bundle_dir: Path, trusted: TrustedKeys) -> str:
 def verify_bundle(folders: BundleFolders, trusted: TrustedKeys, state: HostState, *, now: datetime,
                   allow_expired: bool = False, allow_downgrade: bool = False,
                   on_bytes: Callable[[int], None] | None = None,
-                  on_manifest: Callable[[BundleManifest, list[str]], None] | None = None) -> VerifiedBundle:
-    """The full check; records the bundle in ``state`` only when everything passed."""
+                  on_manifest: Callable[[BundleManifest, list[str]], None] | None = None,
+                  stream_parts: bool = False) -> VerifiedBundle:
+    """The full check; records the bundle in ``state`` only when everything passed.
+
+    ``stream_parts`` (``load``, ``upgrade``): the parts' contents are not hashed here, only found and
+    sized; the loader checks every segment as it streams, then calls :func:`accept_bundle`.
+    """
     data, sig = read_signed_manifest(folders.bundle_dir)
     if not trusted.keys:
         where = f"the trust folder {trusted.folder}" if trusted.folder else "--trust"
@@ -346,12 +416,28 @@ def verify_bundle(folders: BundleFolders, trusted: TrustedKeys, state: HostState
         raise
     if on_manifest:
         on_manifest(manifest, warnings)
-    report = check_contents(manifest, folders, on_bytes)
+    report = check_contents(manifest, folders, on_bytes, hash_parts=not stream_parts)
+    report.parts_hashed = not stream_parts
     if report.problems:
         raise integrity_error(report)
     accepted = acceptance(data, manifest, now)
-    recorded = state.record(manifest.product_key, accepted)
-    return VerifiedBundle(manifest, data, manifest.key_id, warnings, report, folders, accepted, recorded)
+    vb = VerifiedBundle(manifest, data, manifest.key_id, warnings, report, folders, accepted, False, state,
+                        allow_downgrade)
+    if not stream_parts:
+        accept_bundle(vb)
+    return vb
+
+
+def accept_bundle(vb: VerifiedBundle) -> bool:
+    """Record ``vb`` as this host's last accepted bundle (anti-rollback checked again, under the state's lock).
+
+    Call it once every part has been read intact: :func:`verify_bundle` does, unless ``stream_parts``;
+    then the loader does after its stream ended.
+    """
+    if vb.state is None or vb.recorded:
+        return False
+    vb.recorded = vb.state.accept(vb.manifest.product_key, vb.accepted, allow_downgrade=vb.allow_downgrade)
+    return vb.recorded
 
 
 def _verify(data: bytes, sig: bytes | None, trusted: TrustedKeys, state: HostState, now: datetime,
@@ -360,7 +446,7 @@ def _verify(data: bytes, sig: bytes | None, trusted: TrustedKeys, state: HostSta
     # First pass without anti-rollback: signature, schema, expiry. It raises before anything is trusted.
     manifest, _ = verify_manifest(data, sig, trusted.keys, now=now, accepted=None,
                                   allow_expired=allow_expired, allow_downgrade=allow_downgrade)
-    return verify_manifest(data, sig, trusted.keys, now=now, accepted=state.get(manifest.product_key),
+    return verify_manifest(data, sig, trusted.keys, now=now, accepted=state.get(manifest.product_key, manifest.key_id),
                            allow_expired=allow_expired, allow_downgrade=allow_downgrade)
 
 

@@ -398,3 +398,85 @@ def write_overlay(path: Path, releases: Iterable[Release]) -> None:
 
 
 TAG_RE = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+# --- the overlay a bundle carries (signed, inside manifest.json) ---------------------------
+MANIFEST_OVERLAY_SCHEMA = 1
+MANIFEST_OVERLAY_MAX_RELEASES = 500
+_OVERLAY_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def overlay_releases(cat: Catalog) -> list[Release]:
+    """The releases of ``cat`` that came from the local overlay (``catalog refresh``)."""
+    return [r for r in cat.releases if r.from_overlay]
+
+
+def overlay_for_manifest(plan: Any = None, cat: Catalog | None = None) -> dict[str, Any] | None:
+    """The overlay a bundle must carry so that the importer plans as the bundler did.
+
+    Every overlay release of the catalog the bundler planned with (``load_catalog()`` by
+    default: the built-in catalog plus the local overlay), as
+    ``{"schema": 1, "releases": [{"version": "6.2.3", "date": ..., "source": ...}]}``;
+    None when the plan used no overlay. ``plan`` is accepted for the caller's convenience
+    and not needed: any overlay release can change what "latest" means.
+    """
+    cat = cat if cat is not None else load_catalog()
+    rels = overlay_releases(cat)
+    if not rels:
+        return None
+    return {"schema": MANIFEST_OVERLAY_SCHEMA, "releases": [
+        {k: v for k, v in (("version", str(r.version)), ("date", r.date), ("source", r.source[:300])) if v}
+        for r in sorted(rels, key=lambda r: r.version)]}
+
+
+def overlay_from_manifest(data: Any, cat: Catalog) -> list[Release]:
+    """Validate a bundle's ``catalog_overlay`` against the importer's own catalog ``cat``.
+
+    Only new *published releases* of majors ``cat`` has rules for are accepted, each a
+    plain ``X.Y.Z`` with an optional date and source: no status, no editions, no
+    requirement rules, no migrations. Versions ``cat`` already knows are dropped (the
+    importer's own data wins). Anything else raises :class:`CatalogError`.
+    """
+    if data is None:
+        return []
+    if not isinstance(data, dict) or set(data) != {"schema", "releases"} or data["schema"] != MANIFEST_OVERLAY_SCHEMA:
+        raise CatalogError("the bundle's catalog_overlay is not {schema: 1, releases: [...]}: it may only add "
+                           "newly published releases, never rules",
+                           "Use a bundle made by overleaf-airgap, or install the importer it carries.")
+    releases = data["releases"]
+    if not isinstance(releases, list) or len(releases) > MANIFEST_OVERLAY_MAX_RELEASES:
+        raise CatalogError(f"the bundle's catalog_overlay.releases must be a list of at most "
+                           f"{MANIFEST_OVERLAY_MAX_RELEASES} releases")
+    majors = set(cat.majors())
+    known = {r.version for r in cat.releases}
+    out: list[Release] = []
+    seen: set[AppVersion] = set()
+    for i, entry in enumerate(releases):
+        where = f"the bundle's catalog_overlay.releases[{i}]"
+        if not isinstance(entry, dict) or not set(entry) <= {"version", "date", "source"} or "version" not in entry:
+            raise CatalogError(f"{where}: only version, date and source are allowed (an overlay adds releases, "
+                               "never rules)")
+        text = entry["version"]
+        if not isinstance(text, str) or not TAG_RE.match(text) or len(text) > 20:
+            raise CatalogError(f"{where}: version {str(text)[:40]!r} is not a plain X.Y.Z release")
+        version = AppVersion.parse(text)
+        date, source = entry.get("date"), entry.get("source", "bundle catalog_overlay")
+        if date is not None and (not isinstance(date, str) or not _OVERLAY_DATE_RE.match(date)):
+            raise CatalogError(f"{where}: date must be YYYY-MM-DD")
+        if not isinstance(source, str) or len(source) > 300 or not source.isprintable():
+            raise CatalogError(f"{where}: source must be a short printable text")
+        if version.major not in majors:
+            raise CatalogError(f"{where}: {version} is a new major; this importer has no upgrade rules for it",
+                               "Install the importer the bundle carries (README-OFFLINE).")
+        if version in seen:
+            raise CatalogError(f"{where}: {version} is listed twice")
+        seen.add(version)
+        if version in known:
+            continue
+        out.append(Release(version, "published", EDITIONS, date, None, None, f"bundle overlay: {source}", True))
+    return out
+
+
+def catalog_with_overlay(cat: Catalog, data: Any) -> Catalog:
+    """``cat`` plus the releases of a bundle's validated ``catalog_overlay`` (see :func:`overlay_from_manifest`)."""
+    return apply_overlay(cat, overlay_from_manifest(data, cat))

@@ -4,15 +4,56 @@ Commands call :func:`run` with a function; an :class:`AirgapError` becomes a
 two-line message on stderr (what is wrong, what to do) and its exit code; any other
 exception becomes exit code 1 with a one-line summary. ``--verbose`` adds the
 traceback. With ``--json`` the error is printed as a JSON object on stdout too.
+
+Terminal safety: a string that came from a bundle, a file name or host state may hold
+escape sequences that repaint the terminal (a fake "Signature: good"). Wrap every such
+value in :func:`safe` where it is put into a human message; :func:`say`, :func:`warn`
+and the error printer also pass whole messages through :func:`safe_lines` (which keeps
+the line breaks the message itself is made of). ``--json`` output is left exact:
+``json.dumps`` escapes control characters itself.
+
+    say(f"Bundle: {safe(m.from_version)} -> {safe(m.to_version)}")
+    safe("ok\\x1b[2K\\rSignature: good")    # shown as: ok\\x1b[2K\\rSignature: good (no escape reaches the terminal)
 """
 from __future__ import annotations
 
 import json
+import re
 import sys
 import traceback
 from typing import Any, Callable
 
 from .errors import AirgapError
+
+
+# C0 controls, DEL, C1 controls (0x9b is a one-byte CSI), and the Unicode bidi overrides/isolates
+# and zero-width characters that reorder or hide text ("Trojan Source")
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+_UNSAFE_KEEP_NL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(m: re.Match) -> str:
+    c = m.group(0)
+    if c in _NAMED:
+        return _NAMED[c]
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}"
+
+
+def safe(text: object) -> str:
+    """``text`` (any value: str() is taken) with every control character shown as a visible escape.
+
+    Escapes C0 and C1 controls (ESC, CR, newline, tab, the one-byte CSI 0x9b...), DEL and the
+    Unicode bidi/zero-width controls, so that printing it cannot move the cursor, clear lines,
+    change colours or start a new line. Printable text, including non-ASCII letters, is kept.
+    """
+    return _UNSAFE.sub(_escape, text if isinstance(text, str) else str(text))
+
+
+def safe_lines(text: object) -> str:
+    """As :func:`safe`, but keeps line breaks (for whole messages made of several lines)."""
+    return _UNSAFE_KEEP_NL.sub(_escape, text if isinstance(text, str) else str(text))
 
 
 class Ctx:
@@ -32,11 +73,11 @@ def emit_json(obj: Any) -> None:
 
 def say(msg: str = "") -> None:
     """Human output: on stdout normally, on stderr when --json owns stdout."""
-    print(msg, file=sys.stderr if CTX.json else sys.stdout, flush=True)
+    print(safe_lines(msg), file=sys.stderr if CTX.json else sys.stdout, flush=True)
 
 
 def warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
+    print(f"warning: {safe_lines(msg)}", file=sys.stderr, flush=True)
 
 
 def run(fn: Callable[[], Any]) -> Any:
@@ -49,7 +90,7 @@ def run(fn: Callable[[], Any]) -> Any:
     except OSError as err:
         import errno as _errno
         if err.errno is None:  # e.g. an HTTP error from the engine API (requests raises OSError subclasses)
-            _fail(f"unexpected error: {type(err).__name__}: {err}",
+            _fail(f"unexpected error: {type(err).__name__}: {safe(err)}",
                   "Run again with --verbose and report the output.", 1, err)
         if err.errno == _errno.ENOSPC:
             _fail(f"no space left on the device: {err.filename or ''}".rstrip(),
@@ -57,14 +98,14 @@ def run(fn: Callable[[], Any]) -> Any:
         _fail(f"{err.strerror or err}: {err.filename or ''}".rstrip(": "),
               "Check the path and its permissions.", 1, err)
     except Exception as err:  # noqa: BLE001 - last resort: never a bare traceback
-        _fail(f"unexpected error: {type(err).__name__}: {err}",
+        _fail(f"unexpected error: {type(err).__name__}: {safe(err)}",
               "Run again with --verbose and report the output.", 1, err)
 
 
 def _fail(message: str, hint: str, code: int, err: BaseException) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {safe_lines(message)}", file=sys.stderr)
     if hint:
-        print(f"  -> {hint}", file=sys.stderr)
+        print(f"  -> {safe_lines(hint)}", file=sys.stderr)
     if CTX.verbose:
         traceback.print_exception(err, file=sys.stderr)
     elif not isinstance(err, AirgapError):

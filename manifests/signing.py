@@ -14,12 +14,13 @@ import hashlib
 import os
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .atomic import atomic_write_bytes
 from .errors import KeyError_
+from .safeio import KEY_CAP, read_regular
 
 PASSPHRASE_ENV = "OVERLEAF_AIRGAP_KEY_PASSPHRASE"
 
@@ -77,11 +78,14 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519Priv
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
     path = Path(path)
+    try:  # bounded and non-blocking: a FIFO or a huge file in the trust folder cannot hang the importer
+        data = read_regular(path, KEY_CAP, "the public key", KeyError_, follow_symlinks=True,
+                            hint="Trust the .pub file written by `overleaf-bundle keygen`.")
+    except FileNotFoundError:
+        raise KeyError_(f"cannot read the public key {path}: no such file") from None
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except OSError as exc:
-        raise KeyError_(f"cannot read the public key {path}: {exc.strerror}") from exc
-    except ValueError as exc:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyError_(f"{path} is not a PEM public key",
                         "Trust the .pub file written by `overleaf-bundle keygen`.") from exc
     if not isinstance(key, Ed25519PublicKey):

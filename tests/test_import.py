@@ -1,9 +1,11 @@
-"""overleaf-import: verify, load, push, inventory, on real files and real engines; and its pure parts.
+"""overleaf-import: verify and load on real files and a real engine; and its pure parts.
 
 Engine tests run the real CLI in a subprocess (as an admin would) against the
-``offline_engine`` fixture, with bundles made by tests/support/bundles.py from the
-synthetic images of the ``engine`` fixture. Each bad input must give a clear
-message, its exit code, no traceback, and leave nothing loaded.
+``offline_engine`` fixture (classic store), with format-2 bundles made by
+tests/support/registry_bundles.py from the synthetic images of the ``engine`` fixture,
+pushed to the ``registry`` fixture. Each bad input must give a clear message, its exit
+code, no traceback, and leave nothing loaded. Loads on both image stores, deltas and
+receipts: tests/test_load_stores.py.
 """
 from __future__ import annotations
 
@@ -14,22 +16,19 @@ import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import docker
 import docker.errors
 import pytest
 
-from manifests.bundle import BundleManifest, FileRef
+from manifests.bundle import BundleManifest, PartRef
 from manifests.errors import IntegrityError
-from manifests.payload import PartReader, PartWriter
-from tests.support.bundles import make_bundle, make_key, read_manifest, sign
-from tests.support.engine import MiB, DataLayer, PrivateEngine, build_image
+from manifests.payload import PartWriter
+from tests.support.engine import MiB, DataLayer, PrivateEngine, build_image, push_to_registry
+from tests.support.registry_bundles import make_key, make_registry_bundle, read_manifest, sign
 
 from importer.engine import chain_prefixes
-from importer.load import archive_manifest, blobs_to_send, check_member, missing_omitted
-from importer.push import overleaf_rc, registry_names
 from importer.verify import BundleFolders, check_contents, safe_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,11 +43,20 @@ def signer(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pristine(engine, synthetic_images, signer, tmp_path_factory) -> Path:
-    """One valid bundle of every synthetic image, several parts; tests work on copies."""
+def pushed(engine, synthetic_images, registry) -> dict[str, str]:
     assert set(REFS) <= set(synthetic_images)
+    return push_to_registry(engine, registry, REFS)
+
+
+def make_bundle(registry, pushed: dict[str, str], refs: list[str], out: Path, signer, **kwargs) -> dict:
+    return make_registry_bundle(registry.url, {r: pushed[r] for r in refs}, out, signer, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def pristine(registry, pushed, signer, tmp_path_factory) -> Path:
+    """One valid bundle of every synthetic image, several parts; tests work on copies."""
     out = tmp_path_factory.mktemp("pristine") / "bundle"
-    make_bundle(engine.client(), REFS, out, signer, sequence=5, max_part_size=256 * 1024, files=WHEEL)
+    make_bundle(registry, pushed, REFS, out, signer, sequence=5, max_part_size=256 * 1024, files=WHEEL)
     return out
 
 
@@ -154,11 +162,11 @@ def test_verify_then_load_pins_every_tag_and_records_the_bundle(host, bundle):
 
 
 @pytest.mark.engine
-def test_load_sends_only_what_the_engine_lacks(host, bundle, engine, signer, tmp_path):
+def test_load_sends_only_what_the_engine_lacks(host, bundle, registry, pushed, signer, tmp_path):
     pinned = _pinned(read_manifest(bundle))
     client = host.engine.client()
     small = tmp_path / "small"
-    make_bundle(engine.client(), ["sharelatex/sharelatex:5.5.3"], small, signer, sequence=1)
+    make_bundle(registry, pushed, ["sharelatex/sharelatex:5.5.3"], small, signer, sequence=1)
     assert host.run("load", str(small)).returncode == 0
     client.api.tag(pinned["sharelatex/sharelatex:5.5.3"], "airgap-test/other-name", "1")
     client.api.remove_image("sharelatex/sharelatex:5.5.3")  # the image stays, under another name
@@ -231,7 +239,7 @@ def _flip(path: Path, offset: int) -> None:
 def test_flipped_byte_in_a_part(host, bundle):
     _flip(bundle / "payload.001", 1000)
     _fails(host.run("verify", str(bundle)), 14, "payload.001", "damaged or altered", "Copy again")
-    _fails(host.run("load", str(bundle)), 14, "payload.001")
+    _fails(host.run("load", str(bundle)), 14, "payload.001", "damaged or altered", "Copy payload.001 again")
     _assert_nothing_loaded(host)
     assert host.accepted() == {}  # never recorded
 
@@ -329,11 +337,11 @@ def test_expired_bundle(host, bundle, signer):
 def test_replayed_older_bundle(host, bundle, signer):
     assert host.run("verify", str(bundle)).returncode == 0  # sequence 5 accepted
     m = read_manifest(bundle)
-    m["sequence"], m["bundle_id"] = 3, "older"
+    m["sequence"], m["bundle_id"] = 3, "0bd0bd0bd0"
     sign(bundle, m, signer)
     _fails(host.run("load", str(bundle)), 13, "sequence 3 is older than", "replayed or rolled-back")
     _assert_nothing_loaded(host)
-    m["sequence"], m["bundle_id"] = 5, "same-number-other-bundle"
+    m["sequence"], m["bundle_id"] = 5, "5a5e5a5e5a"
     sign(bundle, m, signer)
     _fails(host.run("verify", str(bundle)), 13, "same sequence number")
     m["sequence"] = 3
@@ -364,58 +372,6 @@ def test_signed_manifest_that_breaks_the_schema(host, bundle, signer, field, val
     assert not Path("/tmp/pwned").exists()
 
 
-# --- hostile payload members ---------------------------------------------------------------------------
-def _member(name: str, data: bytes | None = b"evil", kind: bytes = tarfile.REGTYPE, link: str = ""):
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname, info.mode = kind, link, 0o644
-    info.size = len(data) if data is not None and kind == tarfile.REGTYPE else 0
-    return info, data if kind == tarfile.REGTYPE else None
-
-
-@pytest.mark.engine
-@pytest.mark.parametrize("member, needle", [
-    (_member("../../etc/cron.d/evil"), "absolute path or '..'"),
-    (_member("/etc/cron.d/evil"), "absolute path or '..'"),
-    (_member("blobs/sha256/" + "e" * 64, kind=tarfile.SYMTYPE, link="../../../../etc/passwd"), "symbolic link"),
-    (_member("blobs/sha256/" + "e" * 64, kind=tarfile.LNKTYPE, link="/etc/shadow"), "hard link"),
-    (_member("blobs/sha256/" + "f" * 64), "does not list"),
-])
-def test_hostile_payload_member_aborts_the_load(host, engine, synthetic_images, signer, tmp_path, member, needle):
-    def list_fake_blob(m: dict) -> None:  # a listed name, so that only the member's type is wrong
-        m["blobs"].append({"digest": "sha256:" + "e" * 64, "kind": "layer", "size": 0, "encoding": "none",
-                           "stored_size": 0})
-
-    out = tmp_path / "hostile"
-    # the hostile member comes last: every real blob has already streamed towards the engine
-    make_bundle(engine.client(), REFS, out, signer, extra_members=[member], edit=list_fake_blob)
-    assert host.run("verify", str(out)).returncode == 0  # the parts are as signed
-    _fails(host.run("load", str(out)), 14, needle)
-    _assert_nothing_loaded(host)
-
-
-@pytest.mark.engine
-@pytest.mark.parametrize("how, needle", [
-    ("content", "does not match its digest"),
-    ("longer", "ends 1 bytes early"),
-    ("shorter", "longer than the manifest says"),
-])
-def test_blob_that_does_not_match_its_digest_aborts_the_load(host, engine, synthetic_images, signer, tmp_path, how, needle):
-    online = engine.client()
-    top = online.api.inspect_image("redis:7.4")["RootFS"]["Layers"][-1]
-
-    def resize(m: dict) -> None:
-        for b in m["blobs"]:
-            if b["digest"] == top:
-                b["size"] += 1 if how == "longer" else -1
-
-    out = tmp_path / "bad-blob"
-    make_bundle(online, ["mongo:8.0", "redis:7.4"], out, signer, corrupt=[top] if how == "content" else [],
-                edit=resize if how != "content" else None)
-    assert host.run("verify", str(out)).returncode == 0  # every part is as signed
-    _fails(host.run("load", str(out)), 14, top, needle)
-    _assert_nothing_loaded(host)
-
-
 # --- the engine ------------------------------------------------------------------------------------
 @pytest.mark.engine
 def test_engine_stopped(host, bundle, tmp_path):
@@ -427,15 +383,18 @@ def test_engine_stopped(host, bundle, tmp_path):
         s.bind(str(stale))
     _fails(host.run("load", str(bundle), env={"DOCKER_HOST": f"unix://{stale}"}), 20, "nothing listens")
     _fails(host.run("inventory", "--out", str(tmp_path / "r.json"), env={"DOCKER_HOST": gone}), 20)
-    assert host.accepted()["overleaf-ce"]["sequence"] == 5  # the bundle itself verified
+    assert host.accepted() == {}  # load records a bundle only once its parts streamed intact
+    assert host.run("verify", str(bundle)).returncode == 0
+    assert host.accepted()["overleaf-ce"]["sequence"] == 5
 
 
 @pytest.mark.engine
-def test_no_space_in_the_engine_data_root(engine, signer, tmp_path):
+def test_no_space_in_the_engine_data_root(engine, registry, signer, tmp_path):
     build_image(engine, "airgap-test/big:1", {"/big/README": "big\n"},
                 data=[DataLayer("/big/blob", 48 * MiB, "random", seed=7)])
     out = tmp_path / "big"
-    make_bundle(engine.client(), ["airgap-test/big:1"], out, signer, max_part_size=64 * MiB)
+    big = push_to_registry(engine, registry, ["airgap-test/big:1"])
+    make_bundle(registry, big, ["airgap-test/big:1"], out, signer, max_part_size=64 * MiB)
     base = Path(f"/tmp/oa-tmpfs-{os.getpid()}")
     (base / "data").mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(base / "data")], check=True)
@@ -451,139 +410,12 @@ def test_no_space_in_the_engine_data_root(engine, signer, tmp_path):
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.mark.engine
-def test_existing_tag_is_not_moved_silently(host, bundle, engine, signer, tmp_path):
-    pinned = _pinned(read_manifest(bundle))
-    client = host.engine.client()
-    small = tmp_path / "small"
-    make_bundle(engine.client(), ["redis:7.4"], small, signer, sequence=1)
-    assert host.run("load", str(small)).returncode == 0
-    client.api.tag(pinned["redis:7.4"], "mongo", "8.0")  # mongo:8.0 here is something else
-    text = _fails(host.run("load", str(bundle)), 24, "mongo:8.0", "--replace-tags")
-    assert "already name other images" in text
-    assert host.tags() == {"redis:7.4": pinned["redis:7.4"], "mongo:8.0": pinned["redis:7.4"]}  # nothing changed
-    proc = host.run("load", str(bundle), "--replace-tags")
-    assert proc.returncode == 0, proc.stderr
-    assert host.tags() == pinned
-
-
-@pytest.mark.engine
-def test_failed_load_puts_every_tag_back(host, engine, synthetic_images, signer, tmp_path):
-    """The engine loads mongo:8.0 (moving the old tag), then fails on redis: the run is undone."""
-    client = host.engine.client()
-    build_image(client, "mongo:8.0", {"/old-local-mongo": "x\n"})
-    old = client.api.inspect_image("mongo:8.0")["Id"]
-    ids_before, tags_before = host.ids(), host.tags()
-
-    def break_redis(m: dict) -> None:  # signed, but redis's layer list is another image's
-        layers = {i["ref"]: i["diff_ids"] for i in m["images"]}
-        m["images"][1]["diff_ids"] = layers["mongo:8.0"]
-
-    out = tmp_path / "broken"
-    manifest = make_bundle(engine.client(), ["mongo:8.0", "redis:7.4"], out, signer, edit=break_redis)
-    text = _fails(host.run("load", str(out), "--replace-tags"), 20, "failed to load")
-    assert "Nothing was kept" in text
-    assert host.tags() == tags_before and tags_before["mongo:8.0"] == old
-    assert host.ids() == ids_before
-    assert _pinned(manifest)["mongo:8.0"] not in host.ids()
-
-
-# --- delta bundles and the receipt --------------------------------------------------------------------
-@pytest.mark.engine
-def test_inventory_then_delta(host, engine, synthetic_images, signer, tmp_path):
-    online = engine.client()
-    base = tmp_path / "base"
-    make_bundle(online, ["sharelatex/sharelatex:5.5.3"], base, signer, sequence=1)
-    older = online.api.inspect_image("sharelatex/sharelatex:5.5.3")["RootFS"]["Layers"]
-    newer = online.api.inspect_image("sharelatex/sharelatex:5.5.4")["RootFS"]["Layers"]
-    delta = tmp_path / "delta"
-    manifest = make_bundle(online, ["sharelatex/sharelatex:5.5.4"], delta, signer, sequence=2, omit=older)
-    assert {b["digest"] for b in manifest["blobs"] if b["kind"] == "layer"} == set(newer) - set(older)
-
-    # a host that lacks the omitted layers: named, nothing loaded
-    other_state = {"OVERLEAF_AIRGAP_STATE": str(tmp_path / "other-state.json")}  # (it accepts sequence 2)
-    _fails(host.run("load", str(delta), env=other_state), 10, "delta bundle", "lacks layers", older[0], "inventory")
-    _assert_nothing_loaded(host)
-
-    assert host.run("load", str(base)).returncode == 0
-    receipt_path = tmp_path / "receipt.json"
-    proc = host.run("--json", "inventory", "--out", str(receipt_path))
-    assert proc.returncode == 0, proc.stderr
-    receipt = json.loads(receipt_path.read_bytes())
-    assert json.loads(proc.stdout)["sha256"] == hashlib.sha256(receipt_path.read_bytes()).hexdigest()
-    assert receipt["schema"] == 1 and receipt["engine"]["api_version"]
-    mine = {i["id"]: i for i in receipt["images"]}
-    loaded = online.api.inspect_image("sharelatex/sharelatex:5.5.3")["Id"]
-    assert mine[loaded]["tags"] == ["sharelatex/sharelatex:5.5.3"] and mine[loaded]["diff_ids"] == older
-    assert receipt["accepted"]["overleaf-ce"]["sequence"] == 1
-    assert str(tmp_path) not in receipt_path.read_text()  # no local paths travel out
-
-    proc = host.run("load", str(delta))
-    assert proc.returncode == 0, proc.stderr
-    assert host.tags()["sharelatex/sharelatex:5.5.4"] == manifest["images"][0]["id"]
-
-
-# --- push --------------------------------------------------------------------------------------------
-@pytest.mark.engine
-def test_push_to_an_internal_registry(host, bundle, registry):
-    proc = host.run("--json", "push", str(bundle), "--registry", registry.address)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
-    a = registry.address
-    assert out["pushed"]["sharelatex/sharelatex:5.5.4"] == f"{a}/sharelatex/sharelatex:5.5.4"
-    assert out["pushed"]["mongo:8.0"] == f"{a}/mongo:8.0"
-    assert registry.tags("sharelatex/sharelatex") == ["5.5.3", "5.5.4"]
-    assert registry.tags("mongo") == ["6.0", "8.0"] and registry.tags("redis") == ["7.4"]
-    assert out["overleaf_rc"] == {"OVERLEAF_IMAGE_NAME": f"{a}/sharelatex/sharelatex", "MONGO_IMAGE": f"{a}/mongo",
-                                  "MONGO_VERSION": "8.0", "REDIS_IMAGE": f"{a}/redis:7.4"}
-    assert all(d.startswith("sha256:") for d in out["digests"].values())
-    assert not [t for t in host.tags() if t.startswith(a)]  # temporary tags removed
-    assert host.tags() == _pinned(read_manifest(bundle))
-    proc = host.run("push", str(bundle), "--registry", registry.address)
-    assert proc.returncode == 0 and f"MONGO_IMAGE={a}/mongo" in proc.stdout
-
-
-@pytest.mark.engine
-def test_push_to_an_unreachable_or_refused_registry(host, bundle):
-    _fails(host.run("push", str(bundle), "--registry", "127.0.0.1:1"), 21, "pushing", "127.0.0.1:1")
-    # plain HTTP to a registry the engine does not list as insecure: refused before anything is loaded
-    _fails(host.run("push", str(bundle), "--registry", "10.255.0.1:5000", "--insecure"), 21,
-           "does not allow plain HTTP", "insecure-registries")
-    assert host.tags() == _pinned(read_manifest(bundle))  # (from the first run, which loaded before pushing)
-    _fails(host.run("push", str(bundle), "--registry", "bad host;rm"), 21, "not a registry address")
-
-
 # --- pure parts: no engine -------------------------------------------------------------------------
-def _parts(tmp_path: Path, data: bytes, size: int) -> list[FileRef]:
-    w = PartWriter(tmp_path, size)
+def _parts(tmp_path: Path, data: bytes, size: int) -> list[PartRef]:
+    w = PartWriter(tmp_path, size, 64 * 1024)
     w.write(data)
     w.close()
     return w.parts
-
-
-def test_part_reader_reads_across_parts_and_names_a_bad_one(tmp_path):
-    data = os.urandom(300_000)
-    parts = _parts(tmp_path, data, 64 * 1024)
-    assert len(parts) == 5
-    assert PartReader(parts, lambda n: tmp_path / n).read() == data
-    _flip(tmp_path / "payload.002", 7)
-    reader = PartReader(parts, lambda n: tmp_path / n)
-    with pytest.raises(IntegrityError, match="payload.002"):
-        reader.read()
-    (tmp_path / "payload.003").unlink()
-    with pytest.raises(IntegrityError, match="payload.003 cannot be read"):
-        PartReader(parts, lambda n: tmp_path / n, verify=False).read()
-
-
-def test_part_reader_notices_truncated_and_overlong_parts(tmp_path):
-    parts = _parts(tmp_path, os.urandom(100_000), 40_000)
-    p = tmp_path / "payload.001"
-    p.write_bytes(p.read_bytes()[:-1])
-    with pytest.raises(IntegrityError, match="payload.001 is 39999 bytes"):
-        PartReader(parts, lambda n: tmp_path / n).read()
-    p.write_bytes(p.read_bytes() + b"xy")
-    with pytest.raises(IntegrityError, match="payload.001 is longer"):
-        PartReader(parts, lambda n: tmp_path / n).read()
 
 
 def test_safe_path(tmp_path):
@@ -599,20 +431,26 @@ def test_safe_path(tmp_path):
     assert safe_path(tmp_path, "payload.001") == (tmp_path / "wheels").resolve()
 
 
-def _fake_manifest(parts: list[FileRef], files: list[FileRef] = ()) -> BundleManifest:
-    cfg, layer = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+def _fake_manifest(parts: list[PartRef]) -> BundleManifest:
+    man, cfg, layer = ("sha256:" + x * 64 for x in "012")
     return BundleManifest.from_dict({
-        "format": "overleaf-airgap-bundle", "schema": 1, "bundle_id": "b", "tool_version": "t", "product": "overleaf",
-        "edition": "ce", "from_version": "5.5.3", "to_version": "5.5.4", "created": "2026-01-01T00:00:00Z",
-        "expires": "2099-01-01T00:00:00Z", "sequence": 1, "key_id": "k", "platform": "linux/amd64",
+        "format": "overleaf-airgap-bundle", "schema": 2, "bundle_id": "0123abcd", "tool_version": "t",
+        "product": "overleaf", "edition": "ce", "from_version": "5.5.3", "to_version": "5.5.4",
+        "created": "2026-01-01T00:00:00Z", "expires": "2099-01-01T00:00:00Z", "sequence": 1, "key_id": "k",
+        "platform": "linux/amd64",
         "plan": {"schema": 1, "from": "5.5.3", "to": "5.5.4", "edition": "ce", "steps": [], "images": []},
-        "images": [{"ref": "mongo:8.0", "id": cfg, "diff_ids": [layer], "platform": "linux/amd64",
-                    "upstream_digest": None, "source": "local", "size": 1}],
-        "blobs": [{"digest": cfg, "kind": "config", "size": 1, "encoding": "none", "stored_size": 1},
-                  {"digest": layer, "kind": "layer", "size": 1, "encoding": "zstd", "stored_size": 1}],
-        "parts": [{"name": p.name, "size": p.size, "sha256": p.sha256} for p in parts],
-        "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in files],
-        "payload_size": sum(p.size for p in parts), "max_part_size": max(p.size for p in parts)})
+        "images": [{"ref": "mongo:8.0", "id": cfg, "diff_ids": [layer], "layers": [layer], "platform": "linux/amd64",
+                    "manifest_digest": man, "upstream_digest": None, "index_entry": None, "exact": False,
+                    "source": "local", "size": 3}],
+        "blobs": [{"digest": man, "kind": "manifest", "media_type": "application/vnd.oci.image.manifest.v1+json",
+                   "size": 1, "encoding": "none", "stored_size": 1},
+                  {"digest": cfg, "kind": "config", "media_type": "application/vnd.oci.image.config.v1+json",
+                   "size": 1, "encoding": "none", "stored_size": 1},
+                  {"digest": layer, "kind": "layer", "media_type": "application/vnd.oci.image.layer.v1.tar",
+                   "size": 1, "encoding": "zstd", "stored_size": 1}],
+        "parts": [{"name": p.name, "size": p.size, "sha256": p.sha256, "segments": list(p.segments)} for p in parts],
+        "segment_size": 64 * 1024, "payload_size": sum(p.size for p in parts),
+        "max_part_size": max(p.size for p in parts)})
 
 
 def test_check_contents_asks_for_the_next_disc(tmp_path):
@@ -635,65 +473,28 @@ def test_check_contents_asks_for_the_next_disc(tmp_path):
     assert [(p.name, p.kind) for p in report.problems] == [("payload.002", "missing"), ("payload.003", "missing")]
 
 
-def test_check_member_refuses_anything_but_listed_regular_blobs():
-    m = _fake_manifest([FileRef("payload.000", 1, "0" * 64)])
-    by_path = {b.path: b for b in m.blobs}
-    good = tarfile.TarInfo("blobs/sha256/" + "2" * 64 + ".zst")
-    good.size = 1
-    assert check_member(good, by_path).kind == "layer"
-    wrong_size = tarfile.TarInfo(good.name)
-    wrong_size.size = 2
-    cases = [(_member("../x")[0], "'..'"), (_member("/abs")[0], "absolute"), (wrong_size, "manifest says 1"),
-             (_member(good.name, kind=tarfile.SYMTYPE, link="/etc/passwd")[0], "symbolic link"),
-             (_member("blobs/sha256/" + "2" * 64)[0], "does not list"),  # listed digest, wrong encoding
-             (_member(good.name, kind=tarfile.CHRTYPE)[0], "a device"),
-             (_member("blobs/sha256/", kind=tarfile.DIRTYPE)[0], "a folder")]
-    for info, needle in cases:
-        with pytest.raises(IntegrityError, match=needle):
-            check_member(info, by_path)
+def test_check_contents_hashes_segments_and_names_the_bad_part(tmp_path):
+    parts = _parts(tmp_path, os.urandom(300_000), 100_000)
+    m = _fake_manifest(parts)
+    assert check_contents(m, BundleFolders(tmp_path)).problems == []
+    _flip(tmp_path / "payload.001", 70_000)  # the second segment of the second part
+    (problem,) = check_contents(m, BundleFolders(tmp_path)).problems
+    assert (problem.name, problem.kind) == ("payload.001", "sha256")
+    assert "1 of 2 segment(s) do not match (first at byte 65536)" in problem.detail
+    # for a load, parts are only found and sized here (the loader checks every segment as it reads)
+    assert check_contents(m, BundleFolders(tmp_path), hash_parts=False).problems == []
 
 
-def test_delta_chains_and_what_to_send():
-    a, b, c, d = ("sha256:" + x * 64 for x in "abcd")
-    cfg = "sha256:" + "9" * 64
-    m = _fake_manifest([FileRef("payload.000", 1, "0" * 64)])
-    img = type(m.images[0])("x/app:1", cfg, (a, b, c), "linux/amd64", None, "local", 1)
-    chains = chain_prefixes([[a, b], [d]])
-    assert chains == {(a,), (a, b), (d,)}
-    in_bundle = m.__class__(**{**m.__dict__, "blobs": m.blobs + tuple(
-        type(m.blobs[0])(x, "layer", 1, "none", 1) for x in (a, b, c)) + (type(m.blobs[0])(cfg, "config", 1, "none", 1),)})
-    assert missing_omitted(in_bundle, [img], chains) == []
-    assert set(blobs_to_send(in_bundle, [img], chains)) == {cfg, c}  # a, b: the engine has their chain
-    only_c = m.__class__(**{**m.__dict__, "blobs": (type(m.blobs[0])(c, "layer", 1, "none", 1),
-                                                     type(m.blobs[0])(cfg, "config", 1, "none", 1))})
-    assert missing_omitted(only_c, [img], chains) == []
-    assert missing_omitted(only_c, [img], chain_prefixes([[b, a]])) == [("x/app:1", a), ("x/app:1", b)]
-    assert json.loads(archive_manifest([img])) == [{"Config": "9" * 64 + ".json", "RepoTags": ["x/app:1"],
-                                                    "Layers": [f"{x[7:]}/layer.tar" for x in (a, b, c)]}]
+def test_check_contents_for_a_load_leaves_missing_parts_to_the_loader_when_it_can_ask(tmp_path):
+    parts = _parts(tmp_path, os.urandom(200_000), 50_000)
+    (tmp_path / "payload.003").unlink()
+    m = _fake_manifest(parts)
+    report = check_contents(m, BundleFolders(tmp_path, ask=lambda names: None), hash_parts=False)
+    assert report.problems == [] and report.deferred == ["payload.003"]
+    report = check_contents(m, BundleFolders(tmp_path), hash_parts=False)  # non-interactive: reported now
+    assert [(p.name, p.kind) for p in report.problems] == [("payload.003", "missing")]
 
 
-def test_registry_names_and_overleaf_rc():
-    refs = ["quay.io/sharelatex/sharelatex-pro:6.2.2", "sharelatex/sharelatex:5.5.4", "mongo:8.0",
-            "docker.io/library/redis:7.4", "quay.io/sharelatex/git-bridge:6.2.2", "localhost:5000/x/y:1"]
-    names = registry_names(refs, "reg.lan:5000")
-    assert names == {
-        "quay.io/sharelatex/sharelatex-pro:6.2.2": "reg.lan:5000/sharelatex/sharelatex-pro:6.2.2",
-        "sharelatex/sharelatex:5.5.4": "reg.lan:5000/sharelatex/sharelatex:5.5.4",
-        "mongo:8.0": "reg.lan:5000/mongo:8.0", "docker.io/library/redis:7.4": "reg.lan:5000/redis:7.4",
-        "quay.io/sharelatex/git-bridge:6.2.2": "reg.lan:5000/sharelatex/git-bridge:6.2.2",
-        "localhost:5000/x/y:1": "reg.lan:5000/x/y:1"}
-    from manifests.errors import RegistryError
-    with pytest.raises(RegistryError, match="would both be pushed"):
-        registry_names(["quay.io/a/b:1", "a/b:1"], "r:1")
-    m = _fake_manifest([FileRef("payload.000", 1, "0" * 64)])
-    pro = ["quay.io/sharelatex/sharelatex-pro:6.2.2", "quay.io/sharelatex/git-bridge:6.2.2", "mongo:7.0",
-           "mongo:8.0", "redis:7.4", "quay.io/sharelatex/texlive-full:2025.1"]
-    plan = {**m.plan, "steps": [{"id": "01-app-6.2.2", "kind": "app", "description": "d", "images": pro}],
-            "images": sorted(pro)}
-    m2 = m.__class__(**{**m.__dict__, "plan": plan})
-    rc, warnings = overleaf_rc(m2, registry_names(pro, "r:5000"))
-    assert rc == {"OVERLEAF_IMAGE_NAME": "r:5000/sharelatex/sharelatex-pro",
-                  "GIT_BRIDGE_IMAGE": "r:5000/sharelatex/git-bridge", "MONGO_IMAGE": "r:5000/mongo",
-                  "MONGO_VERSION": "8.0", "REDIS_IMAGE": "r:5000/redis:7.4"}
-    assert len(warnings) == 1 and "update_project_image_name.js" in warnings[0]
-    assert "quay.io/sharelatex/texlive-full:2025.1" in warnings[0]
+def test_chain_prefixes():
+    a, b, d = ("sha256:" + x * 64 for x in "abd")
+    assert chain_prefixes([[a, b], [d]]) == {(a,), (a, b), (d,)}

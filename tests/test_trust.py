@@ -16,21 +16,28 @@ from manifests.trust import Accepted, acceptance, verify_manifest
 from importer.hoststate import HostState, load_trusted
 
 NOW = datetime(2026, 7, 1, 12, 0, 0, tzinfo=timezone.utc)
-CFG, LAYER = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+CFG, LAYER, MAN = "sha256:" + "1" * 64, "sha256:" + "2" * 64, "sha256:" + "3" * 64
 
 
 def manifest_dict(kid: str, **over) -> dict:
     d = {
-        "format": "overleaf-airgap-bundle", "schema": 1, "bundle_id": "b-1", "tool_version": "t", "product": "overleaf",
-        "edition": "ce", "from_version": "5.5.3", "to_version": "5.5.4", "created": "2026-06-01T00:00:00Z",
-        "expires": "2026-08-01T00:00:00Z", "sequence": 5, "key_id": kid, "platform": "linux/amd64",
+        "format": "overleaf-airgap-bundle", "schema": 2, "bundle_id": "b1b1b1b1", "tool_version": "t",
+        "product": "overleaf", "edition": "ce", "from_version": "5.5.3", "to_version": "5.5.4",
+        "created": "2026-06-01T00:00:00Z", "expires": "2026-08-01T00:00:00Z", "sequence": 5, "key_id": kid,
+        "platform": "linux/amd64",
         "plan": {"schema": 1, "from": "5.5.3", "to": "5.5.4", "edition": "ce", "steps": [
             {"id": "01-app-5.5.4", "kind": "app", "description": "d", "images": ["mongo:8.0"]}], "images": ["mongo:8.0"]},
-        "images": [{"ref": "mongo:8.0", "id": CFG, "diff_ids": [LAYER], "platform": "linux/amd64",
-                    "upstream_digest": None, "source": "local", "size": 2}],
-        "blobs": [{"digest": CFG, "kind": "config", "size": 1, "encoding": "none", "stored_size": 1},
-                  {"digest": LAYER, "kind": "layer", "size": 1, "encoding": "zstd", "stored_size": 1}],
-        "parts": [{"name": "payload.000", "size": 10, "sha256": "0" * 64}], "payload_size": 10, "max_part_size": 10,
+        "images": [{"ref": "mongo:8.0", "id": CFG, "diff_ids": [LAYER], "layers": [LAYER], "platform": "linux/amd64",
+                    "manifest_digest": MAN, "upstream_digest": None, "index_entry": None, "exact": False,
+                    "source": "local", "size": 3}],
+        "blobs": [{"digest": MAN, "kind": "manifest", "media_type": "application/vnd.oci.image.manifest.v1+json",
+                   "size": 1, "encoding": "none", "stored_size": 1},
+                  {"digest": CFG, "kind": "config", "media_type": "application/vnd.oci.image.config.v1+json",
+                   "size": 1, "encoding": "none", "stored_size": 1},
+                  {"digest": LAYER, "kind": "layer", "media_type": "application/vnd.oci.image.layer.v1.tar",
+                   "size": 1, "encoding": "zstd", "stored_size": 1}],
+        "parts": [{"name": "payload.000", "size": 10, "sha256": "0" * 64, "segments": ["0" * 64]}],
+        "payload_size": 10, "max_part_size": 10, "segment_size": 4 * 1024 * 1024,
     }
     d.update(over)
     return d
@@ -96,7 +103,7 @@ def test_manifest_must_name_the_key_that_signed_it(a):
     ({"parts": [{"name": "../payload.000", "size": 10, "sha256": "0" * 64}]}, "not allowed"),
     ({"images": [{"ref": "mongo:8.0 && reboot", "id": CFG, "diff_ids": [LAYER], "platform": "linux/amd64",
                   "upstream_digest": None, "source": "local", "size": 2}]}, "not a valid image reference"),
-    ({"schema": 2}, "not supported"),
+    ({"schema": 3}, "not supported"),
     ({"expires": "2026-05-01T00:00:00Z"}, "after created"),
     ({"payload_size": 11}, "add up"),
 ])
