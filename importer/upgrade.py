@@ -996,12 +996,11 @@ def preflight(ctx: Context, plan: dict, journal: Journal | None, present: Callab
 
 def capability_problems(ctx: Context, cfg: ToolkitConfig, caps: Capabilities, plan: dict, rest: list[dict]) -> list[str]:
     """What an old Toolkit checkout cannot do for this plan (unless the bundle's Toolkit code comes first)."""
-    out = []
-    later = " (or let the upgrade move the Toolkit code to the bundle's commit: --update-toolkit-code)" \
-        if ctx.code_update_pending is False and ctx.manifest is not None and getattr(ctx.manifest, "toolkit", None) \
-        else ""
-    if ctx.code_update_pending:
+    out: list[str] = []
+    if ctx.code_update_pending:  # the bundle's Toolkit code goes in before the first step
         return out
+    carries = ctx.manifest is not None and getattr(ctx.manifest, "toolkit", None)
+    later = " (or let the upgrade move it to the bundle's commit: --update-toolkit-code)" if carries else ""
     if mongo_enabled(cfg) and not caps.mongosh:
         six = [s["version"] for s in rest if s["kind"] == "mongo" and MajorMinor.parse(s["version"]).major >= 6]
         if six or (cfg.mongo_version and MajorMinor.parse(cfg.mongo_version).major >= 6):

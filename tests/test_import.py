@@ -363,9 +363,7 @@ def test_signed_manifest_that_breaks_the_schema(host, bundle, signer, field, val
     if field == "part":
         m["parts"][0]["name"] = value
     else:
-        m["images"][3]["ref"] = value
-        m["plan"]["steps"][0]["images"][3] = value
-        m["plan"]["images"] = sorted(m["plan"]["steps"][0]["images"])
+        m["images"][0]["ref"] = value
     sign(bundle, m, signer)  # the signature is good: the schema check must catch it
     _fails(host.run("load", str(bundle)), 10, needle)
     _assert_nothing_loaded(host)

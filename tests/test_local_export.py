@@ -21,7 +21,7 @@ import pytest
 import zstandard
 
 from bundler import local_export
-from bundler.local_export import LocalExportError, export_local
+from bundler.local_export import LocalExportError, LocalImageMissingError, export_local
 from bundler.recompress import (ReencodeError, blob_path, oci_manifest, recompress_image, stored_zstd,
                                 write_plain_blob, write_zstd_blob, zstd_path)
 from manifests.bundle import (DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, OCI_CONFIG, OCI_LAYER_TAR,
@@ -120,9 +120,9 @@ def test_export_local_on_both_stores(engine_name, request, tmp_path):
 
 
 def test_export_local_missing_image(engine, tmp_path):
-    with pytest.raises(LocalExportError, match="not in the local engine") as err:
+    with pytest.raises(LocalImageMissingError, match="not in the local engine") as err:
         export_local(engine.client(), "sharelatex/sharelatex:0.0.1-nowhere", tmp_path)
-    assert err.value.hint and err.value.exit_code == 20
+    assert err.value.hint and err.value.exit_code == 21   # an image is missing (as for a registry)
 
 
 # --- C: --recompress zstd of an exact image -----------------------------------------------------------

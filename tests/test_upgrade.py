@@ -94,7 +94,8 @@ def final_state(tk):
     rc, env = tk.rc(), tk.variables()
     return {
         "version": tk.version(), "old": (tk.config / "__old-version").read_text().strip(),
-        "mongo_image": rc.get("MONGO_IMAGE"), "redis_image": rc.get("REDIS_IMAGE"),
+        "mongo_image": rc.get("MONGO_IMAGE"), "mongo_version": rc.get("MONGO_VERSION"),
+        "redis_image": rc.get("REDIS_IMAGE"),
         "pull": (rc.get("PULL_BEFORE_UPGRADE"), rc.get("SIBLING_CONTAINERS_PULL")),
         "env_prefixes": sorted({k.split("_")[0] for k in env if k.startswith(("SHARELATEX_", "OVERLEAF_"))}),
         "secret_set": bool(env.get("OVERLEAF_INVITE_TOKEN_SECRET")),
@@ -111,7 +112,8 @@ def dedup(seq):
 
 def check_final(state):
     assert state["version"] == "6.2.2" and state["old"] == "5.5.8"
-    assert state["mongo_image"] == "mongo:8.0" and state["redis_image"] == "redis:7.4"
+    # the legacy MONGO_IMAGE=mongo:4.4 form was moved to the split form the Toolkit reads now (issue 11 item 15)
+    assert (state["mongo_image"], state["mongo_version"]) == ("mongo", "8.0") and state["redis_image"] == "redis:7.4"
     assert state["pull"] == ("false", "false")
     assert state["env_prefixes"] == ["OVERLEAF"] and state["secret_set"] and state["level"] == "2"
     assert state["running"]["sharelatex"] == "sharelatex/sharelatex:6.2.2"

@@ -34,6 +34,16 @@ makes the migration scripts fail (empty: all of them; else only those whose
 name it contains: migrate_history, clean_sl_history_data, back_fill_file_hash,
 flush-history-queues, flush_all).
 
+More files in the data dir: ``SLOW_MIGRATION`` (seconds: migrate_history and
+back_fill_file_hash take that long, printing ``progress i/N``), ``SLOW_START`` (seconds of
+first-start database migrations; a stop meanwhile is logged in
+``interrupted-migrations.log``), ``history-queue`` (projects with queued history:
+flush-history-queues flushes 2 per run and prints ``"project_ids":N``; back_fill --all
+refuses while any remain); a second copy of a running migration is refused and logged in
+``concurrent-runs.log``. flush_all.js logs JSON lines (``"failureCount":0``) and refuses
+while ``sv status real-time-overleaf`` is not down. ``node -e`` runs only the importer's
+probes (``airgapMongo``/``airgapRedis``: versions through MONGO_URL / REDIS_HOST).
+
 Scripts at the real paths, run by a ``node`` stand-in (the ``.js`` files hold
 shell code): ``/overleaf/services/web/scripts/history/migrate_history.js``
 (prints ``Projects failed:  0``), ``.../clean_sl_history_data.js``,
@@ -49,12 +59,16 @@ busybox ``sh``; the working directory is ``/overleaf``.
 ``running-replset``, ``replset`` (after ``rs.initiate``), ``commands.log`` (every
 shell command but the health check's ping). It refuses to start (exit 62,
 "UPGRADE PROBLEM") on data whose FCV is newer than itself or older than the
-major before it; fresh data gets its own series. ``mongosh`` (>=5.0) and
+major before it; fresh data gets its own series. A replica set member is primary
+``PRIMARY_DELAY`` seconds (file in ``/data/db``) after it started; before that
+``setFeatureCompatibilityVersion`` fails (NotWritablePrimary) and ``db.isMaster().ismaster``
+prints false. ``db.projects.distinct("imageName")`` lists ``/data/db/project-images``. ``mongosh`` (>=5.0) and
 ``mongo`` (<6.0) apply ``setFeatureCompatibilityVersion`` with MongoDB's rules
 (only the own series or the major before; ``confirm: true`` from 7.0 on).
 
 ``redis:T``: ``redis-server`` refuses data written by a newer major (marker
-``/data/standin-written-by``); ``redis-cli ping`` -> PONG; ``/version`` on 6379.
+``/data/standin-written-by``); ``redis-cli ping`` -> PONG; ``redis-cli --scan --pattern P``
+lists the matching lines of ``/data/standin-keys``; ``/version`` on 6379.
 ``quay.io/sharelatex/git-bridge:V``, ``nginx:T`` and
 ``quay.io/sharelatex/texlive-full:T`` just stay up (nginx serves port 80).
 """
@@ -91,6 +105,29 @@ fi
 # should_fail NAME: a file FAIL_MIGRATION in the data dir fails every migration (empty) or those it names.
 should_fail() {
   [ -f "$OL_DATA/FAIL_MIGRATION" ] && { [ ! -s "$OL_DATA/FAIL_MIGRATION" ] || grep -q "$1" "$OL_DATA/FAIL_MIGRATION"; }
+}
+# single NAME: refuse a second copy of a migration while one runs (recorded in concurrent-runs.log);
+# the lock is released when the script ends.
+single() {
+  lock="$OL_DATA/.$1.running"
+  if [ -f "$lock" ] && kill -0 "$(cat "$lock")" 2>/dev/null; then
+    echo "$1 $(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$OL_DATA/concurrent-runs.log"
+    echo "Error: another $1 is already running (pid $(cat "$lock"))" >&2
+    exit 1
+  fi
+  echo $$ >"$lock"
+  trap 'rm -f "$lock"' EXIT
+}
+# slow NAME TOTAL: with a file SLOW_MIGRATION (seconds) in the data dir, take that long, printing progress.
+slow() {
+  [ -f "$OL_DATA/SLOW_MIGRATION" ] || return 0
+  secs=$(cat "$OL_DATA/SLOW_MIGRATION")
+  i=0
+  while [ "$i" -lt "$secs" ]; do
+    i=$((i + 1))
+    echo "$1: progress $i/$secs"
+    sleep 1
+  done
 }
 # needs VERSION SCRIPT: scripts that the image of this version does not have yet.
 needs() {
@@ -182,6 +219,15 @@ if at_least 5.0.3; then # 910_initiate_doc_version_recovery
   echo "Done." >"$OL_DATA/data/history/doc-version-recovery.log"
 fi
 
+if [ -f "$OL_DATA/SLOW_START" ]; then # database migrations of a first start that take a while
+  secs=$(cat "$OL_DATA/SLOW_START")
+  echo "Running database migrations (about $secs s)"
+  trap 'echo "$OL_VERSION $(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$OL_DATA/interrupted-migrations.log"; exit 143' TERM INT
+  sleep "$secs" &
+  wait $!
+  trap - TERM INT
+  rm -f "$OL_DATA/SLOW_START"
+fi
 echo "$OL_VERSION $(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$OL_DATA/versions.log"
 cp /overleaf/VERSION /var/www/version
 echo "web listening on port 80 (Overleaf $OL_VERSION, mongo $mongo_version fcv $fcv, redis $redis_version)" | tee -a "$OL_LOGS/web.log"
@@ -195,6 +241,22 @@ case "${1:-}" in
   -v | --version) echo v20.18.0; exit 0 ;;
   "") echo "node (stand-in): give a script to run" >&2; exit 9 ;;
 esac
+if [ "$1" = -e ]; then # only the importer's probes: MongoDB / Redis versions as the app sees them
+  url=${OVERLEAF_MONGO_URL:-${SHARELATEX_MONGO_URL:-mongodb://mongo/sharelatex}}
+  mhost=$(echo "$url" | sed -e 's|^[a-z+]*://||' -e 's|^.*@||' -e 's|[/?,].*$||' -e 's|:.*$||')
+  rhost=${OVERLEAF_REDIS_HOST:-${SHARELATEX_REDIS_HOST:-${REDIS_HOST:-redis}}}
+  case "$2" in
+    *airgapMongo*)
+      v=$(timeout 3 wget -qO- "http://$mhost:27017/version") || { echo "MongoServerSelectionError: connect ECONNREFUSED $mhost:27017" >&2; exit 1; }
+      f=$(timeout 3 wget -qO- "http://$mhost:27017/fcv" || true)
+      echo "{\"airgapMongo\":{\"version\":\"$v\",\"fcv\":\"$f\"}}" ;;
+    *airgapRedis*)
+      v=$(timeout 3 wget -qO- "http://$rhost:6379/version") || { echo "Error: connect ECONNREFUSED $rhost:6379" >&2; exit 1; }
+      echo "{\"airgapRedis\":{\"version\":\"$v\"}}" ;;
+    *) echo "node (stand-in): -e runs only the importer's probes" >&2; exit 9 ;;
+  esac
+  exit 0
+fi
 script=$1
 shift
 case "$script" in /*) path=$script ;; *) path=$(pwd)/$script ;; esac
@@ -212,7 +274,9 @@ needs 3.5.0 scripts/history/migrate_history.js
 dry_run=false
 for arg in "$@"; do [ "$arg" != --dry-run ] || dry_run=true; done
 [ "${VERBOSE_LOGGING:-}" != true ] || echo "Verbose logging enabled; options: $*"
+single migrate_history
 echo "Migrating 3 projects to Full Project History"
+slow migrate_history
 if should_fail migrate_history; then
   echo "Projects migrated: 2"
   echo "Projects failed:  1"
@@ -254,7 +318,14 @@ case "$mode" in
     echo "Binary files migration report: 3 projects, 12 binary files, 12 to migrate"
     ;;
   all)
+    single back_fill_file_hash
+    queued=$(cat "$OL_DATA/history-queue" 2>/dev/null || echo 0)
+    if [ "$queued" -gt 0 ]; then
+      echo "Error: $queued projects still have history updates queued in Redis; run /overleaf/bin/flush-history-queues until it reports \"project_ids\":0" >&2
+      exit 1
+    fi
     echo "Back-filling file hashes (level ${OVERLEAF_FILESTORE_MIGRATION_LEVEL:-0})"
+    slow back_fill_file_hash
     if should_fail back_fill_file_hash; then
       echo "The binary files migration failed: 2 files could not be processed." >&2
       exit 1
@@ -274,12 +345,17 @@ esac
 _FLUSH_ALL = r"""# Stand-in for services/document-updater/scripts/flush_all.js (run by the node stand-in with sh).
 set -eu
 . /overleaf/standin/lib.sh
-echo "Flushing all projects from redis to mongo"
-if should_fail flush_all; then
-  echo "failureCount: 2"
+# Logs as @overleaf/logger does (one JSON object per line) with LOG_LEVEL=info.
+if [ ! -f /run/sv/real-time-overleaf.down ]; then
+  echo '{"name":"document-updater","level":50,"msg":"real-time is running: users can still edit; stop it first (sv stop real-time-overleaf)"}'
   exit 1
 fi
-echo "failureCount: 0"
+echo '{"name":"document-updater","level":30,"msg":"flushing all projects"}'
+if should_fail flush_all; then
+  echo '{"name":"document-updater","level":30,"successCount":1,"failureCount":2,"msg":"finished flushing all projects"}'
+  exit 1
+fi
+echo '{"name":"document-updater","level":30,"successCount":3,"failureCount":0,"msg":"finished flushing all projects"}'
 """
 
 _FLUSH_HISTORY = r"""#!/bin/sh
@@ -290,7 +366,12 @@ if should_fail flush-history-queues; then
   echo '{"project_ids":2,"failedProjects":2}'
   exit 1
 fi
-echo '{"project_ids":0,"failedProjects":0}'
+# history-queue in the data dir: projects with queued history updates; each run flushes up to 2.
+queued=$(cat "$OL_DATA/history-queue" 2>/dev/null || echo 0)
+n=$queued
+[ "$n" -le 2 ] || n=2
+echo $((queued - n)) >"$OL_DATA/history-queue"
+echo "{\"project_ids\":$n,\"failedProjects\":0}"
 """
 
 _SETUSER = """#!/bin/sh
@@ -399,6 +480,7 @@ else
 fi
 echo "$MONGO_VERSION" >/data/db/version
 echo "$replset" >/data/db/running-replset
+date +%s >/data/db/started-at
 echo "{\"msg\":\"Waiting for connections\",\"attr\":{\"port\":27017},\"version\":\"$MONGO_VERSION\",\"featureCompatibilityVersion\":\"$(cat /data/db/fcv)\",\"replSet\":\"$replset\"}"
 exec run-forever httpd -f -p 27017 -h /data/db
 """
@@ -446,8 +528,17 @@ fail() { # fail CODE CODENAME MESSAGE
   exit 1
 }
 
+# primary: a replica set member becomes primary PRIMARY_DELAY seconds (file in /data/db) after it started.
+primary() {
+  [ -s /data/db/replset ] || return 1
+  delay=$(cat /data/db/PRIMARY_DELAY 2>/dev/null || echo 0)
+  [ "$(date +%s)" -ge $(( $(cat /data/db/started-at 2>/dev/null || echo 0) + delay )) ]
+}
 case "$compact" in
   *setFeatureCompatibilityVersion*)
+    if [ -n "$(cat /data/db/running-replset 2>/dev/null)" ] && ! primary; then
+      fail 10107 NotWritablePrimary "not primary"
+    fi
     want=$(printf '%s' "$compact" | sed -n 's/.*setFeatureCompatibilityVersion[^0-9]*\([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p')
     [ -n "$want" ] || fail 2 BadValue "setFeatureCompatibilityVersion needs a version like \"6.0\""
     if [ "$(snum "$want")" -gt "$(snum "$MONGO_SERIES")" ] || [ "$(snum "$want")" -lt "$(snum "$MONGO_PREVIOUS")" ]; then
@@ -473,6 +564,17 @@ case "$compact" in
     [ ! -s /data/db/replset ] || fail 23 AlreadyInitialized "already initialized"
     echo "$running" >/data/db/replset
     ok
+    ;;
+  *isWritablePrimary* | *isMaster* | *db.hello*)
+    if [ -z "$(cat /data/db/running-replset 2>/dev/null)" ] || primary; then echo true; else echo false; fi
+    ;;
+  *'distinct("imageName")'*)
+    # the projects' TeX Live images: one per line in /data/db/project-images
+    list=""
+    if [ -f /data/db/project-images ]; then
+      while read -r image; do [ -z "$image" ] || list="${list:+$list, }'$image'"; done </data/db/project-images
+    fi
+    echo "[ ${list} ]"
     ;;
   *rs.status*)
     [ -s /data/db/replset ] || fail 94 NotYetInitialized "no replset config has been received"
@@ -530,10 +632,21 @@ if ! timeout 3 wget -qO /dev/null http://127.0.0.1:6379/version 2>/dev/null; the
   echo "Could not connect to Redis at 127.0.0.1:6379: Connection refused" >&2
   exit 1
 fi
+pattern=""
+prev=""
+for arg in "$@"; do
+  [ "$prev" != --pattern ] || pattern=$arg
+  prev=$arg
+done
 for arg in "$@"; do
   case "$arg" in
     [Pp][Ii][Nn][Gg]) echo PONG; exit 0 ;;
-    --scan | [Kk][Ee][Yy][Ss]) exit 0 ;;
+    --scan | [Kk][Ee][Yy][Ss])
+      # keys: one per line in /data/standin-keys; the pattern's '*' suffix only
+      [ -f /data/standin-keys ] || exit 0
+      prefix=${pattern%\*}
+      grep "^$prefix" /data/standin-keys || true
+      exit 0 ;;
     [Ii][Nn][Ff][Oo]) echo "redis_version:$version"; exit 0 ;;
   esac
 done

@@ -104,9 +104,12 @@ def reencode(img: FetchedImage, top: bytes | None = None) -> FetchedImage:
 
 
 def _plan(refs: list[str]) -> dict[str, Any]:
-    step = {"id": "01-app-5.5.4", "kind": "app", "description": "test step", "images": refs, "version": "5.5.4"}
-    return {"schema": 1, "from": "5.5.3", "to": "5.5.4", "edition": "ce", "options": {}, "steps": [step],
-            "images": sorted(set(refs)), "assumed_present": [], "local_images": [], "warnings": []}
+    """A real plan (the importer re-plans and compares); the bundle's images are the test's own."""
+    from manifests.catalog import load_catalog
+    from manifests.planner import PlanRequest, make_plan
+
+    return make_plan(load_catalog(overlay=False),
+                     PlanRequest(current="5.5.3", target="5.5.4", mongo="6.0", redis="7.4")).to_dict()
 
 
 def make_registry_bundle(registry_url: str, pushed: Mapping[str, str], out: Path, key: SigningKey, *,

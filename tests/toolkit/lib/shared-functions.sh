@@ -103,7 +103,12 @@ read_config() {
     REDIS_IMAGE=${REDIS_IMAGE:-redis:5.0}
     REDIS_DATA_HOST_PATH=$(abs_path "${REDIS_DATA_PATH:-data/redis}")
     REDIS_COMMAND=redis-server
-    is_true "${REDIS_AOF_PERSISTENCE:-}" && REDIS_COMMAND="redis-server --appendonly yes"
+    if [ -z "${REDIS_AOF_PERSISTENCE:-}" ]; then
+      [ "${SKIP_WARNINGS:-}" = true ] ||
+        echo "WARNING: REDIS_AOF_PERSISTENCE is not set in config/overleaf.rc (Redis keeps only snapshots; set it to true)" >&2
+    elif is_true "$REDIS_AOF_PERSISTENCE"; then
+      REDIS_COMMAND="redis-server --appendonly yes"
+    fi
   fi
 
   # git-bridge only exists for Server Pro 4.0+.
@@ -134,7 +139,8 @@ read_config() {
 
 # The checks the Toolkit runs before any compose command.
 check_config() {
-  if [ "$VERSION_BASE" = 5.0.1 ]; then
+  # bin/upgrade (and the importer) set OVERLEAF_SKIP_RETRACTION_CHECK to config/version to get past this check.
+  if [ "$VERSION_BASE" = 5.0.1 ] && [ "${OVERLEAF_SKIP_RETRACTION_CHECK:-}" != "$VERSION" ]; then
     die "version 5.0.1 in config/version has been retracted (it lost doc versions). Upgrade to 5.0.3 or later, following the doc version recovery procedure."
   fi
   local rc_count env_old env_new
@@ -148,7 +154,8 @@ check_config() {
     if [ "$env_old" -gt 0 ]; then
       die "Overleaf $VERSION uses OVERLEAF_ variables, but config/variables.env has $env_old with the old SHARELATEX_ prefix. Run: bin/rename-env-vars-5-0"
     fi
-    if grep -q '^[[:space:]]*TEXMFVAR=/var/lib/sharelatex/tmp/texmf-var' "$CONFIG_DIR/variables.env"; then
+    # anywhere in the file, comments included (as the real Toolkit's grep)
+    if grep -q -e 'TEXMFVAR=/var/lib/sharelatex/tmp/texmf-var' "$CONFIG_DIR/variables.env"; then
       die "config/variables.env sets TEXMFVAR=/var/lib/sharelatex/tmp/texmf-var, which no longer exists from 5.0 on: remove that line"
     fi
   elif [ "$env_new" -gt 0 ]; then
