@@ -1,44 +1,49 @@
-"""Benchmark: ``overleaf-bundle build`` and ``overleaf-import verify``/``load`` against ``docker save | gzip``
-and plain ``docker save`` / ``docker load``, on one synthetic upgrade path, with targets.
+"""Benchmark 2: ``overleaf-bundle build`` and ``overleaf-import verify``/``load`` side by side with
+``docker save``/``docker load`` and ``skopeo``, on both image stores, in one run.
 
-Run it as root (it starts its own ``dockerd`` engines and registry, like the integration
-tests; never the machine's engine), from the repository root::
+Run it as root (it starts its own engines and registry, never the machine's), from the
+repository root::
 
-    python3 -m bench.run [--size SCALE] [--runs 3] [--mem-size SCALE2] [--out bench/results.json]
-                         [--md bench/results.md] [--work-dir DIR] [--profile] [--keep]
+    python3 -m bench.run [--size 0.5] [--runs 3] [--mem-size 0.25] [--profile]
     python3 -m bench.run --render bench/results.json      # table and Markdown again, measuring nothing
 
-``--size 1`` (the default) builds about 2.06 GB of unique raw image data: the seven images
-of ``overleaf-bundle plan --from 4.2.8 --to 6.2.2 --mongo 5.0 --redis 6.2`` (see
-bench/dataset.py: an app base shared by every Overleaf version, per-version app layers,
-compressible text-like and incompressible layers, MongoDB and Redis). ``--size 0.25``
-gives a quick run. On 2 cores, ``--size 1 --runs 3`` takes about 20 minutes and needs
-about 15 GB of free disk under ``--work-dir`` (default: the system's temp folder).
+The images (bench/dataset.py) are the seven of ``overleaf-bundle plan --from 4.2.8 --to 6.2.2
+--mongo 5.0 --redis 6.2``: a shared app base, per-version layers, compressible and
+incompressible data, MongoDB and Redis as two-platform OCI indexes, pushed straight into a
+private registry through the Registry API. ``--size 1`` is about 2.06 GB of unique raw
+layer data; the default 0.5 (about 1 GB) takes about 12 minutes on 2 cores.
 
-Each run measures, side by side on the same images:
+Engines: an online Engine 20.10 (classic store) that pulled the images from the registry
+(not timed), and two empty offline engines: Engine 20.10 (classic store) and Engine 26
+(containerd image store; tests/fetch_engine26.sh). Each of ``--runs`` runs measures:
 
-(a) naive: ``docker save IMAGE | gzip > IMAGE.tar.gz`` for each image, then ``sha256sum`` of the files
-(b) one multi-image ``docker save -o images.tar IMAGES...``
-(c) ``zstd -T0 -3`` of (b)
-(d) ``overleaf-bundle build`` of the plan through the private registry (``--mirror``), ``--no-importer``
-    (no wheels); every image was pulled beforehand, so the build's pull phase only checks manifests
-    (reported apart, and left out of the build time that the targets use)
-(e) ``docker load -i images.tar`` of (b) into an empty engine
-(f) ``overleaf-import verify`` of (d)
-(g) ``overleaf-import load`` of (d) into an empty engine (it verifies again before it streams)
+online (from the local registry)
+  save          one ``docker save -o`` of the seven images on the online Engine 20.10
+  skopeo        ``skopeo copy docker://REGISTRY/REPO:TAG oci:LAYOUT:REF``, one call per image, one layout
+  build         ``overleaf-bundle build --mirror docker.io=REGISTRY`` with ``DOCKER_HOST`` pointing
+                nowhere (upstream-exact blobs; ``--no-importer``: images only, like the others)
+  build_zstd    the same with ``--recompress zstd``
+offline, on each engine (emptied before every step)
+  verify        ``overleaf-import verify`` of the exact bundle (GB/s of payload)
+  docker_load   ``docker load -i`` of that engine's own ``docker save`` (Engine 26's was made at set-up)
+  load          ``overleaf-import load`` of the exact bundle (it verifies as it streams); image IDs checked
+  skopeo        ``skopeo copy oci:LAYOUT:REF docker-daemon:REF``, one call per image
 
-then, once: (h) a delta bundle for the patch hop 6.2.1 -> 6.2.2, built ``--have`` the receipt that
-``overleaf-import inventory`` wrote on a host holding 6.2.1 (and the MongoDB and Redis it runs), its
-payload bytes against the zstd -3 size of the layers that actually changed (and it is verified and
-loaded on that host); and a second, smaller size (``--mem-size``, default half of ``--size``; 0 skips
-it) on which one build and one load are measured again, to show whether peak memory stays flat.
+then once per engine the delta: a host holding 6.2.1 (and the MongoDB and Redis it runs)
+writes ``overleaf-import inventory``; ``overleaf-bundle build --have RECEIPT`` makes the
+6.2.1 -> 6.2.2 bundle, whose load is timed ``--runs`` times. Last, at ``--mem-size``, one
+build and one load per engine again, to show that peak memory stays flat.
 
-Peak resident memory is the ``ru_maxrss`` of our processes (``os.wait4``), not the engine's.
-Timings are wall clock; every target is a ratio within one run (median over the runs) or an
-absolute rate, and each is marked met or missed. Output: a table on stdout, a JSON file
-(``--out``) and a Markdown snippet for the README (``--md``). Neither holds a path of this
-machine. ``--profile`` (needs ``pip install py-spy``) runs (d), (f) and (g) once more under
-``py-spy record`` and adds each one's busiest functions to the JSON.
+Measures: wall time (median of the runs, min-max); peak RSS of our process (``ru_maxrss``
+from ``os.wait4``: the process tree we started, not the engine); CPU seconds of the command's
+process tree (``wait4``) and of the engine (its ``dockerd`` and ``containerd``,
+``/proc/PID/stat`` utime+stime+cutime+cstime before and after). Debian 12's skopeo speaks
+Docker API 1.22, which Engine 26 refuses: its copies into Engine 26 go through
+bench/apiproxy.py (counted as skopeo's CPU). Every target is a ratio within one run (median
+of the per-run ratios) or an absolute limit, marked met or missed. Output: a table on
+stdout, ``--out`` (JSON) and ``--md`` (the README's Performance section). Neither holds a
+path of this machine. ``--profile`` (``pip install py-spy``) runs build, verify and load once
+more under ``py-spy record`` and keeps each one's busiest functions in the JSON.
 """
 from __future__ import annotations
 
@@ -46,31 +51,33 @@ import argparse
 import json
 import os
 import platform
-import re
-import shlex
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import docker.errors
 
-from tests.support.engine import PrivateEngine, PrivateRegistry, mirror_reference, push_to_registry
+from tests.support.engine import PrivateEngine, PrivateRegistry
 
 from . import dataset
+from .apiproxy import ApiVersionProxy
 from .report import evaluate_targets, markdown_snippet, text_table
 
 MB = 1_000_000
 ROOT = Path(__file__).resolve().parent.parent
 TOOL_TIMEOUT = 3 * 3600
+STORES = ("classic", "containerd")
+NO_ENGINE = "unix:///nonexistent/docker.sock"   # the build must not need one
 
 
 def _script(name: str, module: str) -> list[str]:
@@ -101,9 +108,13 @@ class Measured:
         return json.loads(self.stdout)
 
 
+class StepFailed(RuntimeError):
+    pass
+
+
 def measure(cmd: list[str], env: dict[str, str], *, cwd: Path | None = None, check: bool = True,
             timeout: float = TOOL_TIMEOUT) -> Measured:
-    """Run ``cmd``; wall time, exit code, peak RSS and CPU time of the process tree (``os.wait4``)."""
+    """Run ``cmd``; wall time, exit code, peak RSS and CPU time of its process tree (``os.wait4``)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
@@ -121,19 +132,42 @@ def measure(cmd: list[str], env: dict[str, str], *, cwd: Path | None = None, che
         m = Measured(seconds, proc.returncode, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime,
                      out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace"))
     if check and m.rc != 0:
-        raise RuntimeError(f"command failed with exit code {m.rc}: {shlex.join(cmd)}\n"
-                           f"--- stdout ---\n{m.stdout[-3000:]}\n--- stderr ---\n{m.stderr[-3000:]}")
+        errors = [line for line in m.stderr.splitlines() if line.startswith("error:")]
+        first = errors[-1] if errors else (m.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise StepFailed(f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} ... exit code {m.rc}: {first}\n"
+                         f"{m.stderr.strip()[-1500:]}")
     return m
 
 
-def engine_cpu_seconds(engine: PrivateEngine) -> float:
-    """CPU time of the engine's dockerd so far, with its waited-for children (e.g. the untar helper of a load)."""
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime + cutime + cstime of ``pid`` (its waited-for children count too)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def engine_pids(engine: PrivateEngine) -> list[int]:
+    pids = []
     try:
-        pid = int(engine.pidfile.read_text().strip())
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return float("nan")
+        pids.append(int(engine.pidfile.read_text().strip()))
+    except (OSError, ValueError):
+        pass
+    containerd = getattr(engine, "_containerd", None)
+    if containerd is not None and containerd.poll() is None:
+        pids.append(containerd.pid)
+    return pids
+
+
+def engine_cpu_seconds(engine: PrivateEngine | None) -> float:
+    """CPU seconds so far of the engine's dockerd and its own containerd."""
+    if engine is None:
+        return 0.0
+    total = 0.0
+    for pid in engine_pids(engine):
+        try:
+            total += proc_cpu_seconds(pid)
+        except (OSError, ValueError, IndexError):
+            return float("nan")
+    return total
 
 
 def machine_cpu() -> tuple[int, int]:
@@ -143,41 +177,55 @@ def machine_cpu() -> tuple[int, int]:
     return sum(values) - idle, sum(values)
 
 
-class CpuWatch:
-    """Engine CPU seconds and the machine's busy share over one step (other work on the machine shows too)."""
+def self_cpu_seconds() -> float:
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
 
-    def __init__(self, engine: PrivateEngine) -> None:
+
+class CpuWatch:
+    """Engine CPU seconds, this process's CPU (the skopeo proxy) and the machine's busy share over one step."""
+
+    def __init__(self, engine: PrivateEngine | None) -> None:
         self.engine = engine
 
     def __enter__(self) -> "CpuWatch":
-        self.e0 = engine_cpu_seconds(self.engine)
-        self.m0 = machine_cpu()
+        self.e0, self.s0, self.m0 = engine_cpu_seconds(self.engine), self_cpu_seconds(), machine_cpu()
         return self
 
     def __exit__(self, *exc: object) -> None:
         busy, total = machine_cpu()
         self.engine_seconds = engine_cpu_seconds(self.engine) - self.e0
+        self.self_seconds = self_cpu_seconds() - self.s0
         self.machine_busy = (busy - self.m0[0]) / max(1, total - self.m0[1])
 
-    def fields(self, m: "Measured") -> dict[str, float]:
-        return {"cpu_seconds": m.cpu_seconds, "engine_cpu_seconds": self.engine_seconds,
-                "machine_busy": self.machine_busy}
+
+def step_record(seconds: float, cpu: float, rss: int, cw: CpuWatch, **extra: Any) -> dict[str, Any]:
+    """One step's numbers; ``others_busy``: the share of the cores that neither the command nor the engine used
+    while the step ran but something else on the machine did (noise: compare steps with it in mind)."""
+    ncpu = len(os.sched_getaffinity(0))
+    ours = (cpu + (cw.engine_seconds if cw.engine_seconds == cw.engine_seconds else 0.0)) / max(seconds * ncpu, 1e-9)
+    return {"seconds": seconds, "cpu_seconds": cpu, "engine_cpu_seconds": cw.engine_seconds,
+            "machine_busy": cw.machine_busy, "others_busy": max(0.0, cw.machine_busy - ours),
+            "max_rss_bytes": rss, **extra}
+
+
+SETTLE_PAUSE = 1.0   # seconds; --pause (the smoke test uses 0)
 
 
 def settle() -> None:
     """Write dirty pages back before the next measurement, so one step's writes do not slow the next."""
     os.sync()
-    time.sleep(1.0)
+    time.sleep(SETTLE_PAUSE)
 
 
-def file_size(paths) -> int:
-    return sum(Path(p).stat().st_size for p in paths)
+def tree_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
 def clear_images(engine: PrivateEngine) -> None:
-    """Remove every image from ``engine`` (loaded images have no parents, so one pass usually does)."""
+    """Remove every image from ``engine`` (several passes: a parent goes after its children)."""
     api = engine.client().api
-    for _attempt in range(5):
+    for _attempt in range(6):
         ids = api.images(all=True, quiet=True)
         if not ids:
             return
@@ -187,7 +235,7 @@ def clear_images(engine: PrivateEngine) -> None:
             except docker.errors.NotFound:
                 pass
             except docker.errors.APIError:
-                continue  # a parent of another image: removed on a later pass
+                continue
     raise RuntimeError(f"could not empty the engine {engine.name}: {api.images(all=True, quiet=True)}")
 
 
@@ -202,51 +250,39 @@ def image_ids(engine: PrivateEngine, refs: list[str]) -> dict[str, str | None]:
     return out
 
 
-def transfer(src: PrivateEngine, dst: PrivateEngine, refs: list[str], work: Path) -> None:
-    """Copy images between engines with docker save / docker load (set-up only, not measured)."""
-    tar = work / "transfer.tar"
-    measure(["docker", "save", "-o", str(tar), *refs], src.env())
-    measure(["docker", "load", "-i", str(tar)], dst.env())
-    tar.unlink()
+def pull_as(engine: PrivateEngine, path: dataset.SyntheticPath, refs: list[str]) -> None:
+    """``docker pull`` each image from the registry and tag it with its plain name (set-up, not timed)."""
+    api = engine.client().api
+    for ref in refs:
+        mirror = path.images[ref].mirror_ref
+        repo, _, tag = mirror.rpartition(":")
+        for status in api.pull(repo, tag=tag, stream=True, decode=True):
+            if "error" in status or "errorDetail" in status:
+                raise RuntimeError(f"pull of {mirror} failed: {status}")
+        name, _, plain_tag = ref.rpartition(":")
+        api.tag(mirror, name, plain_tag)
+        api.remove_image(mirror, noprune=True)
 
 
-def save_archive_layers(archive: Path) -> dict[str, Any]:
-    """Read a ``docker save`` archive's index: per image its layer members, and each layer's size and member.
+def bundle_expected_ids(bundle: Path, store: str) -> dict[str, str]:
+    """What ``overleaf-import load`` promises: each tag's image ID on an engine with ``store``."""
+    from manifests.bundle import BundleManifest
 
-    Layer members of the classic store are named by v1 id; ``manifest.json`` lists them in the
-    order of the config's ``rootfs.diff_ids``, which maps each member to its diff_id.
-    """
-    with tarfile.open(archive, mode="r:") as tar:
-        members = {m.name: m for m in tar.getmembers()}
-        manifest = json.loads(tar.extractfile("manifest.json").read())
-        layers: dict[str, dict[str, Any]] = {}
-        images: dict[str, list[str]] = {}
-        for entry in manifest:
-            config = json.loads(tar.extractfile(entry["Config"]).read())
-            diff_ids = config["rootfs"]["diff_ids"]
-            for tag in entry.get("RepoTags") or ():
-                images[tag] = diff_ids
-            for member_name, diff_id in zip(entry["Layers"], diff_ids):
-                member = members[member_name]
-                while member.issym() or member.islnk():  # a shared layer appears once, then as a link
-                    target = member.linkname if member.islnk() else os.path.normpath(
-                        os.path.join(os.path.dirname(member.name), member.linkname))
-                    member = members[target]
-                layers[diff_id] = {"size": member.size, "member": member.name}
-    return {"images": images, "layers": layers}
+    m = BundleManifest.from_bytes((bundle / "manifest.json").read_bytes())
+    return {e.ref: e.expected_id(store) for e in m.images}
 
 
 # --- the machine ----------------------------------------------------------------------------------
-def machine_info(engine: PrivateEngine) -> dict[str, Any]:
-    def first_line(cmd: list[str]) -> str:
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-            return (proc.stdout or proc.stderr).strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.SubprocessError):
-            return "?"
+def _first_line(cmd: list[str], env: dict[str, str] | None = None) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=env)
+        return (proc.stdout or proc.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "?"
 
-    cpu = "?"
-    mem = 0
+
+def machine_info(engines: dict[str, PrivateEngine]) -> dict[str, Any]:
+    cpu, mem = "?", 0
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -257,350 +293,444 @@ def machine_info(engine: PrivateEngine) -> dict[str, Any]:
                 mem = int(line.split()[1]) * 1024
     except OSError:
         pass
-    version = engine.client().version()
-    info = engine.client().info()
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "memory_bytes": mem,
-        "cpu_model": cpu,
-        "kernel": platform.release(),
-        "os": first_line(["sh", "-c", ". /etc/os-release && echo \"$PRETTY_NAME\""]),
-        "docker_engine": version.get("Version"),
-        "docker_api": version.get("ApiVersion"),
-        "storage_driver": info.get("Driver"),
-        "docker_cli": first_line(["docker", "version", "--format", "{{.Client.Version}}"]),
+    out: dict[str, Any] = {
+        "nproc": len(os.sched_getaffinity(0)), "memory_bytes": mem, "cpu_model": cpu, "kernel": platform.release(),
+        "os": _first_line(["sh", "-c", ". /etc/os-release && echo \"$PRETTY_NAME\""]),
         "python": platform.python_version(),
-        "gzip": first_line(["gzip", "--version"]),
-        "zstd": "zstd " + (re.search(r"v[0-9.]+", first_line(["zstd", "--version"])) or ["?"])[0],
+        "docker_cli": _first_line(["docker", "version", "--format", "{{.Client.Version}}"]),
+        "skopeo": _first_line(["skopeo", "--version"]).replace("skopeo version ", ""),
+        "engines": {},
     }
+    for store, engine in engines.items():
+        version, info = engine.client().version(), engine.client().info()
+        out["engines"][store] = {"version": version.get("Version"), "api": version.get("ApiVersion"),
+                                 "driver": info.get("Driver"),
+                                 "containerd": (info.get("ContainerdCommit") or {}).get("ID", "")[:12]}
+    return out
 
 
-# --- one size: engines, registry, images -------------------------------------------------------------
-class Hosts:
-    """An online engine with the synthetic path, a registry mirroring it, an offline engine, a signing key."""
+# --- the sizes: a registry with the synthetic path ----------------------------------------------------
+class SizeSetup:
+    """A private registry holding the synthetic path at one size."""
 
-    def __init__(self, stack: ExitStack, work: Path, scale: float, tools_env: dict[str, str]) -> None:
-        self.work = work
+    def __init__(self, stack: ExitStack, work: Path, scale: float) -> None:
         self.scale = scale
-        self.tools_env = tools_env
-        log(f"starting engines and registry for size {scale}")
-        self.online = stack.enter_context(PrivateEngine(name="bon"))
-        self.offline = stack.enter_context(PrivateEngine(name="boff"))
         self.registry = stack.enter_context(PrivateRegistry())
-        started = time.perf_counter()
-        log(f"building the synthetic path at size {scale}")
-        self.path = dataset.build_path(self.online, scale, log=lambda m: log(m))
-        log("pushing the plan's images into the registry, and pulling them through it (as the build will)")
-        push_to_registry(self.online, self.registry, dataset.PLAN_IMAGES)
-        api = self.online.client().api
-        for ref in dataset.PLAN_IMAGES:
-            repo, _, tag = mirror_reference(ref, self.registry.address).rpartition(":")
-            for status in api.pull(repo, tag=tag, stream=True, decode=True):
-                if "error" in status or "errorDetail" in status:
-                    raise RuntimeError(f"pull of {repo}:{tag} failed: {status}")
-        self.ids = image_ids(self.online, dataset.PLAN_IMAGES)
-        self.key = work / "keys" / "bench.key"
-        self.key.parent.mkdir(parents=True, exist_ok=True)
-        measure([*BUNDLE, "keygen", "--out", str(self.key), "--no-passphrase"], self.env(self.online))
-        self.pub = Path(str(self.key) + ".pub")
-        self.setup_seconds = time.perf_counter() - started
-        log(f"set-up done in {self.setup_seconds:.0f} s")
-
-    def env(self, engine: PrivateEngine) -> dict[str, str]:
-        return {**engine.env(), **self.tools_env}
+        log(f"generating and pushing the synthetic path at size {scale:g}")
+        t = time.perf_counter()
+        self.path = dataset.push_path(self.registry.address, scale, work / f"gen-{scale:g}", log=log)
+        log(f"size {scale:g}: {self.path.unique_raw_bytes / 1e6:.0f} MB raw, "
+            f"{self.path.upstream_bytes / 1e6:.0f} MB upstream, pushed in {time.perf_counter() - t:.0f} s")
 
     def mirror_args(self) -> list[str]:
         return ["--mirror", f"docker.io={self.registry.address}"]
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+    def __init__(self, args: argparse.Namespace, work: Path, online: PrivateEngine,
+                 offline: dict[str, PrivateEngine]) -> None:
         self.args = args
         self.work = work
+        self.online = online
+        self.offline = offline
         self.sequence = int(time.time())
+        self.errors: list[str] = []
         (work / "trust.d").mkdir(parents=True, exist_ok=True)
         self.tools_env = {
             "OVERLEAF_AIRGAP_STATE": str(work / "host-state.json"),     # never the machine's own state
             "OVERLEAF_AIRGAP_TRUST_DIR": str(work / "trust.d"),
             "OVERLEAF_AIRGAP_CATALOG_OVERLAY": str(work / "no-overlay.yaml"),
         }
+        self.key = work / "keys" / "bench.key"
+        self.key.parent.mkdir(parents=True, exist_ok=True)
+        measure([*BUNDLE, "keygen", "--out", str(self.key), "--no-passphrase"], self.build_env())
+        self.pub = Path(str(self.key) + ".pub")
+        self.proxies: dict[str, str] = {}          # store -> --dest-daemon-host for skopeo
+        self.saves: dict[str, Path] = {}           # store -> that engine's own docker save archive
+        self.save_seconds: dict[str, float] = {}
 
     def next_sequence(self) -> str:
         self.sequence += 1
         return str(self.sequence)
 
-    # -- the measured steps --
-    def build(self, hosts: Hosts, out: Path, extra: list[str], plan_args: list[str] | None = None,
+    def build_env(self) -> dict[str, str]:
+        env = {**os.environ, **self.tools_env, "DOCKER_HOST": NO_ENGINE}
+        env.pop("DOCKER_CONTEXT", None)
+        return env
+
+    def engine_env(self, store: str) -> dict[str, str]:
+        return {**self.offline[store].env(), **self.tools_env}
+
+    # -- commands --
+    def build(self, size: SizeSetup, out: Path, extra: Sequence[str] = (), plan_args: list[str] | None = None,
               wrap: list[str] | None = None) -> Measured:
-        cmd = [*(wrap or []), *BUNDLE, "build", *(plan_args or dataset.PLAN_ARGS), "--key", str(hosts.key),
-               "--out", str(out), *hosts.mirror_args(), "--no-importer", "--sequence", self.next_sequence(),
-               "--json", *extra]
-        return measure(cmd, hosts.env(hosts.online))
+        cmd = [*(wrap or []), *BUNDLE, "--json", "build", *(plan_args or dataset.PLAN_ARGS), "--key", str(self.key),
+               "--out", str(out), *size.mirror_args(), "--no-importer", "--sequence", self.next_sequence(), *extra]
+        return measure(cmd, self.build_env())
 
-    def verify(self, hosts: Hosts, bundle: Path, wrap: list[str] | None = None) -> Measured:
-        return measure([*(wrap or []), *IMPORT, "--json", "verify", str(bundle), "--trust", str(hosts.pub)],
-                       hosts.env(hosts.offline))
+    def verify(self, store: str, bundle: Path, wrap: list[str] | None = None) -> Measured:
+        return measure([*(wrap or []), *IMPORT, "--json", "verify", str(bundle), "--trust", str(self.pub)],
+                       self.engine_env(store))
 
-    def load(self, hosts: Hosts, bundle: Path, wrap: list[str] | None = None) -> Measured:
-        return measure([*(wrap or []), *IMPORT, "--json", "load", str(bundle), "--trust", str(hosts.pub)],
-                       hosts.env(hosts.offline))
+    def load(self, store: str, bundle: Path, wrap: list[str] | None = None) -> Measured:
+        return measure([*(wrap or []), *IMPORT, "--json", "load", str(bundle), "--trust", str(self.pub)],
+                       self.engine_env(store))
 
-    def one_run(self, hosts: Hosts, index: int) -> dict[str, Any]:
+    def skopeo_calls(self, calls: list[list[str]]) -> tuple[float, float, int]:
+        """Run skopeo calls one after the other: total wall time, total CPU, peak RSS."""
+        seconds = cpu = 0.0
+        rss = 0
+        for args in calls:
+            m = measure(["skopeo", "copy", "-q", *args], {**os.environ})
+            seconds += m.seconds
+            cpu += m.cpu_seconds
+            rss = max(rss, m.max_rss_bytes)
+        return seconds, cpu, rss
+
+    def empty(self, store: str) -> None:
+        clear_images(self.offline[store])
+        settle()
+
+    def check_ids(self, store: str, expected: dict[str, str]) -> None:
+        got = image_ids(self.offline[store], list(expected))
+        if got != expected:
+            wrong = {r: (got[r], expected[r]) for r in expected if got[r] != expected[r]}
+            raise StepFailed(f"after the load on the {store} store these tags are not the bundle's images "
+                             f"(got, expected): {wrong}")
+
+    def check_tags(self, store: str, refs: list[str]) -> None:
+        missing = [r for r, i in image_ids(self.offline[store], refs).items() if i is None]
+        if missing:
+            raise StepFailed(f"missing on the {store} engine after the step: {missing}")
+
+    def guarded(self, what: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run one offline step; a failure is recorded (and makes the benchmark exit 1) instead of ending it."""
+        try:
+            return fn()
+        except (StepFailed, RuntimeError, docker.errors.DockerException, OSError, KeyError, ValueError) as exc:
+            msg = f"{what}: {exc}".strip()
+            log("FAILED " + msg)
+            self.errors.append(msg[:2000])
+            return {"error": msg[:500]}
+
+    # -- set-up of the engines --
+    def prepare_engines(self, size: SizeSetup, stack: ExitStack) -> None:
+        log("online Engine 20.10: pulling the images from the registry (not timed)")
+        pull_as(self.online, size.path, dataset.PLAN_IMAGES)
+        c26 = self.offline["containerd"]
+        log("Engine 26 (containerd store): pulling the images, then its own docker save (made once)")
+        pull_as(c26, size.path, dataset.PLAN_IMAGES)
+        self.saves["containerd"] = self.work / "save-containerd.tar"
+        with CpuWatch(c26) as cw:
+            m = measure(["docker", "save", "-o", str(self.saves["containerd"]), *dataset.PLAN_IMAGES], c26.env())
+        self.save_seconds["containerd"] = m.seconds
+        self.save26 = step_record(m.seconds, m.cpu_seconds, m.max_rss_bytes, cw,
+                                  bytes=self.saves["containerd"].stat().st_size)
+        self.empty("containerd")
+        self.empty("classic")
+        self.proxies["classic"] = self.offline["classic"].host
+        proxy = stack.enter_context(ApiVersionProxy(c26.socket, self.work / "api-1.24.sock"))
+        self.proxies["containerd"] = proxy.host
+
+    # -- one run --
+    def one_run(self, size: SizeSetup, index: int) -> dict[str, Any]:
         run_dir = self.work / f"run{index}"
-        a_dir, b_dir, c_dir, d_dir = (run_dir / x for x in "abcd")
-        for p in (a_dir, b_dir, c_dir, d_dir):
-            p.mkdir(parents=True)
+        run_dir.mkdir()
         refs = dataset.PLAN_IMAGES
-        res: dict[str, Any] = {"run": index}
+        res: dict[str, Any] = {"run": index, "online": {}, "offline": {}}
+        on = res["online"]
         try:
             settle()
-            log(f"run {index}: (a) docker save | gzip per image, sha256sum")
-            names = [ref.replace("/", "_").replace(":", "_") + ".tar.gz" for ref in refs]
-            script = "set -eo pipefail\n" + "".join(
-                f"docker save {shlex.quote(ref)} | gzip > {shlex.quote(name)}\n" for ref, name in zip(refs, names))
-            script += "sha256sum " + " ".join(map(shlex.quote, names)) + " > SHA256SUMS\n"
-            with CpuWatch(hosts.online) as cw:
-                m = measure(["bash", "-c", script], hosts.online.env(), cwd=a_dir)
-            res["a"] = {"seconds": m.seconds, "bytes": file_size(a_dir / n for n in names), "files": len(names),
-                        **cw.fields(m)}
-            shutil.rmtree(a_dir)
+            log(f"run {index}: docker save of the seven images (online Engine 20.10)")
+            archive = run_dir / "save-classic.tar"
+            with CpuWatch(self.online) as cw:
+                m = measure(["docker", "save", "-o", str(archive), *refs], self.online.env())
+            on["save"] = step_record(m.seconds, m.cpu_seconds, m.max_rss_bytes, cw, bytes=archive.stat().st_size)
             settle()
 
-            log(f"run {index}: (b) docker save of all images into one file")
-            archive = b_dir / "images.tar"
-            with CpuWatch(hosts.online) as cw:
-                m = measure(["docker", "save", "-o", str(archive), *refs], hosts.online.env())
-            res["b"] = {"seconds": m.seconds, "bytes": archive.stat().st_size, **cw.fields(m)}
-            t = time.perf_counter()
-            os.sync()
-            res["b"]["sync_seconds"] = time.perf_counter() - t
-            if index == 1:
-                index_info = save_archive_layers(archive)
-                hosts.path.set_sizes({d: v["size"] for d, v in index_info["layers"].items()})
+            log(f"run {index}: skopeo copy registry -> one OCI layout, one image per call")
+            layout = run_dir / "oci"
+            calls = [["--src-tls-verify=false", f"docker://{size.path.images[r].mirror_ref}", f"oci:{layout}:{r}"]
+                     for r in refs]
+            with CpuWatch(None) as cw:
+                s, cpu, rss = self.skopeo_calls(calls)
+            on["skopeo"] = step_record(s, cpu, rss, cw, bytes=tree_size(layout), calls=len(calls))
             settle()
 
-            log(f"run {index}: (c) zstd -T0 -3 of (b)")
-            zst = c_dir / "images.tar.zst"
-            with CpuWatch(hosts.online) as cw:
-                m = measure(["zstd", "-T0", "-3", "-q", str(archive), "-o", str(zst)], hosts.online.env())
-            res["c"] = {"seconds": m.seconds, "bytes": zst.stat().st_size, **cw.fields(m)}
-            zst.unlink()
-            settle()
-
-            log(f"run {index}: (d) overleaf-bundle build")
-            bundle = d_dir / "bundle"
-            with CpuWatch(hosts.online) as cw:
-                m = self.build(hosts, bundle, [])
+            log(f"run {index}: overleaf-bundle build (no engine: DOCKER_HOST points nowhere)")
+            bundle = run_dir / "bundle"
+            with CpuWatch(None) as cw:
+                m = self.build(size, bundle)
             s = m.json()
-            phases = s.get("seconds") or {}
-            res["d"] = {"seconds": m.seconds, "seconds_excl_pull": m.seconds - phases.get("pull", 0.0),
-                        "phases": phases, "payload_bytes": s["payload_bytes"], "bundle_bytes": s["bundle_bytes"],
-                        "raw_bytes": s["raw_bytes"], "docker_save_bytes": s["docker_save_bytes"],
-                        "parts": len(s["parts"]), "blobs": s["blobs"], "max_rss_bytes": m.max_rss_bytes,
-                        **cw.fields(m)}
+            on["build"] = step_record(m.seconds, m.cpu_seconds, m.max_rss_bytes, cw, bytes=s["bundle_bytes"],
+                                      payload_bytes=s["payload_bytes"], upstream_bytes=s.get("upstream_bytes"),
+                                      phases=s.get("seconds") or {}, parts=len(s["parts"]), blobs=s["blobs"])
             settle()
 
-            log(f"run {index}: (e) docker load of (b) into an empty engine")
-            clear_images(hosts.offline)
-            settle()
-            with CpuWatch(hosts.offline) as cw:
-                m = measure(["docker", "load", "-i", str(archive)], hosts.offline.env())
-            self._check_loaded(hosts)
-            res["e"] = {"seconds": m.seconds, "bytes": res["b"]["bytes"], **cw.fields(m)}
-            archive.unlink()
-            clear_images(hosts.offline)
-            settle()
+            log(f"run {index}: overleaf-bundle build --recompress zstd")
+            zbundle = run_dir / "bundle-zstd"
 
-            log(f"run {index}: (f) overleaf-import verify")
-            with CpuWatch(hosts.offline) as cw:
-                m = self.verify(hosts, bundle)
-            checked = m.json()["checked"]
-            res["f"] = {"seconds": m.seconds, "bytes": checked["bytes"], "tool_seconds": checked["seconds"],
-                        "tool_mb_per_s": checked["mb_per_s"], "max_rss_bytes": m.max_rss_bytes, **cw.fields(m)}
-            settle()
+            def build_zstd() -> dict[str, Any]:
+                with CpuWatch(None) as cw:
+                    m = self.build(size, zbundle, ["--recompress", "zstd"])
+                s = m.json()
+                return step_record(m.seconds, m.cpu_seconds, m.max_rss_bytes, cw, bytes=s["bundle_bytes"],
+                                   payload_bytes=s["payload_bytes"], phases=s.get("seconds") or {})
+            on["build_zstd"] = self.guarded(f"run {index}, build --recompress zstd", build_zstd)
+            shutil.rmtree(zbundle, ignore_errors=True)
 
-            log(f"run {index}: (g) overleaf-import load into an empty engine")
-            with CpuWatch(hosts.offline) as cw:
-                m = self.load(hosts, bundle)
-            self._check_loaded(hosts)
-            res["g"] = {"seconds": m.seconds, "tool_load_seconds": m.json()["load"]["seconds"],
-                        "sent_bytes": m.json()["load"]["send_bytes"], "max_rss_bytes": m.max_rss_bytes,
-                        **cw.fields(m)}
-            clear_images(hosts.offline)
+            self.saves["classic"] = archive
+            for store in STORES:
+                res["offline"][store] = self.offline_steps(store, bundle, layout, index)
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
-        log(f"run {index}: " + ", ".join(f"({k}) {v['seconds']:.1f} s" for k, v in res.items() if k != "run"))
+        log(f"run {index}: " + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in on.items() if "seconds" in v)
+            + "; " + "; ".join(
+            f"{st}: " + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in steps.items() if "seconds" in v)
+            for st, steps in res["offline"].items()))
         return res
 
-    def _check_loaded(self, hosts: Hosts) -> None:
-        got = image_ids(hosts.offline, dataset.PLAN_IMAGES)
-        if got != hosts.ids:
-            raise RuntimeError(f"the offline engine does not hold the online images after the load: {got}")
+    def offline_steps(self, store: str, bundle: Path, layout: Path, index: int) -> dict[str, Any]:
+        engine = self.offline[store]
+        refs = dataset.PLAN_IMAGES
+        out: dict[str, Any] = {}
 
-    def delta(self, hosts: Hosts) -> dict[str, Any]:
-        """(h): a host on 6.2.1 writes a receipt; the patch hop's bundle built --have it; its bytes, and its load."""
-        d_dir = self.work / "delta"
+        def verify() -> dict[str, Any]:
+            settle()
+            with CpuWatch(engine) as cw:
+                m = self.verify(store, bundle)
+            size = _payload_bytes(bundle)
+            checked = (m.json().get("checked") or {}) if m.stdout.strip() else {}
+            return step_record(m.seconds, m.cpu_seconds, m.max_rss_bytes, cw, bytes=size,
+                               bytes_per_s=size / m.seconds, tool_seconds=checked.get("seconds"),
+                               tool_bytes_per_s=(checked["bytes"] / checked["seconds"]
+                                                 if checked.get("seconds") and checked.get("bytes") else None))
+
+        def docker_load() -> dict[str, Any]:
+            self.empty(store)
+            with CpuWatch(engine) as cw:
+                m = measure(["docker", "load", "-i", str(self.saves[store])], engine.env())
+            self.check_tags(store, refs)
+            return step_record(m.seconds, m.cpu_seconds, m.max_rss_bytes, cw, bytes=self.saves[store].stat().st_size)
+
+        def load() -> dict[str, Any]:
+            self.empty(store)
+            with CpuWatch(engine) as cw:
+                m = self.load(store, bundle)
+            self.check_ids(store, bundle_expected_ids(bundle, store))
+            return step_record(m.seconds, m.cpu_seconds, m.max_rss_bytes, cw, bytes=_payload_bytes(bundle))
+
+        def skopeo() -> dict[str, Any]:
+            self.empty(store)
+            calls = [[f"--dest-daemon-host={self.proxies[store]}", f"oci:{layout}:{r}", f"docker-daemon:{r}"]
+                     for r in refs]
+            with CpuWatch(engine) as cw:
+                s, cpu, rss = self.skopeo_calls(calls)
+            self.check_tags(store, refs)
+            return step_record(s, cpu + cw.self_seconds, rss, cw, calls=len(calls),
+                               proxy_cpu_seconds=cw.self_seconds if store == "containerd" else 0.0)
+
+        for name, fn in (("verify", verify), ("docker_load", docker_load), ("load", load), ("skopeo", skopeo)):
+            log(f"run {index}: {store} store: {name}")
+            out[name] = self.guarded(f"run {index}, {store} store, {name}", fn)
+        self.empty(store)
+        return out
+
+    # -- the delta --
+    def delta(self, size: SizeSetup, store: str) -> dict[str, Any]:
+        """A host on 6.2.1 writes a receipt; the 6.2.1 -> 6.2.2 bundle built --have it; its bytes; its loads."""
+        d_dir = self.work / f"delta-{store}"
         d_dir.mkdir()
+        engine = self.offline[store]
         try:
-            log("(h) delta: putting 6.2.1 (and the MongoDB and Redis it runs) on the offline host")
-            clear_images(hosts.offline)
-            transfer(hosts.online, hosts.offline, dataset.DELTA_HOST_IMAGES, d_dir)
+            log(f"delta ({store} store): putting 6.2.1 (and the MongoDB and Redis it runs) on the host")
+            self.empty(store)
+            pull_as(engine, size.path, dataset.DELTA_HOST_IMAGES)
             receipt = d_dir / "receipt.json"
-            inv = measure([*IMPORT, "--json", "inventory", "--out", str(receipt)], hosts.env(hosts.offline))
+            inv = measure([*IMPORT, "--json", "inventory", "--out", str(receipt)], self.engine_env(store))
             settle()
-            log("(h) delta: overleaf-bundle build --have the receipt")
+            log(f"delta ({store} store): overleaf-bundle build --have the receipt")
             bundle = d_dir / "bundle"
-            m = self.build(hosts, bundle, ["--have", str(receipt)], plan_args=dataset.DELTA_PLAN_ARGS)
-            s = m.json()
-
-            # the layers that actually changed: 6.2.2's layers whose chain the host lacks
-            new = hosts.path.image_layers[dataset.DELTA_NEW_IMAGE]
-            host_chains = {tuple(layers[:k + 1]) for ref in dataset.DELTA_HOST_IMAGES
-                           for layers in [hosts.path.image_layers[ref]] for k in range(len(layers))}
-            changed = [d for k, d in enumerate(new) if tuple(new[:k + 1]) not in host_chains]
-            archive = d_dir / "new.tar"
-            measure(["docker", "save", "-o", str(archive), dataset.DELTA_NEW_IMAGE], hosts.online.env())
-            index = save_archive_layers(archive)
-            raw = zstd_size = gzip_size = 0
-            with tarfile.open(archive, mode="r:") as tar:
-                for diff_id in changed:
-                    layer = d_dir / "layer.tar"
-                    with tar.extractfile(index["layers"][diff_id]["member"]) as src, open(layer, "wb") as dst:
-                        shutil.copyfileobj(src, dst, 1024 * 1024)
-                    raw += layer.stat().st_size
-                    measure(["zstd", "-T0", "-3", "-q", "-f", str(layer), "-o", str(layer) + ".zst"], os.environ.copy())
-                    measure(["bash", "-c", f"gzip -c {shlex.quote(str(layer))} > {shlex.quote(str(layer))}.gz"],
-                            os.environ.copy())
-                    zstd_size += Path(str(layer) + ".zst").stat().st_size
-                    gzip_size += Path(str(layer) + ".gz").stat().st_size
-            settle()
-            log("(h) delta: overleaf-import load of the delta on the 6.2.1 host")
-            ld = self.load(hosts, bundle)
-            loaded = image_ids(hosts.offline, [dataset.DELTA_NEW_IMAGE])[dataset.DELTA_NEW_IMAGE]
-            if loaded != hosts.ids[dataset.DELTA_NEW_IMAGE]:
-                raise RuntimeError(f"the delta load gave {loaded}, not {hosts.ids[dataset.DELTA_NEW_IMAGE]}")
-            clear_images(hosts.offline)
-            return {
-                "hop": "6.2.1 -> 6.2.2", "receipt_seconds": inv.seconds,
-                "build_seconds": m.seconds, "payload_bytes": s["payload_bytes"], "bundle_bytes": s["bundle_bytes"],
-                "omitted_layers": s["omitted_layers"], "image_layers": len(new), "changed_layers": len(changed),
-                "changed_raw_bytes": raw, "changed_zstd3_bytes": zstd_size, "changed_gzip_bytes": gzip_size,
-                "full_image_save_bytes": archive.stat().st_size,
-                "load_seconds": ld.seconds, "load_sent_bytes": ld.json()["load"]["send_bytes"],
-                "load_max_rss_bytes": ld.max_rss_bytes,
-            }
+            with CpuWatch(None) as cw:
+                b = self.build(size, bundle, ["--have", str(receipt)], plan_args=dataset.DELTA_PLAN_ARGS)
+            s = b.json()
+            build = step_record(b.seconds, b.cpu_seconds, b.max_rss_bytes, cw, bytes=s["bundle_bytes"],
+                                payload_bytes=s["payload_bytes"], omitted_layers=s.get("omitted_layers"))
+            have = {x.digest for ref in dataset.DELTA_HOST_IMAGES for x in size.path.images[ref].layers}
+            new = size.path.images[dataset.DELTA_NEW_IMAGE].layers
+            changed = [x for x in new if x.digest not in have]
+            expected = bundle_expected_ids(bundle, store)
+            loads = []
+            for i in range(self.args.runs):
+                settle()
+                log(f"delta ({store} store): overleaf-import load of the delta, run {i + 1}")
+                with CpuWatch(engine) as cw:
+                    m = self.load(store, bundle)
+                self.check_ids(store, expected)
+                loads.append(step_record(m.seconds, m.cpu_seconds, m.max_rss_bytes, cw))
+                engine.client().api.remove_image(dataset.DELTA_NEW_IMAGE, force=True)
+            self.empty(store)
+            return {"hop": "6.2.1 -> 6.2.2", "receipt_seconds": inv.seconds, "build": build, "loads": loads,
+                    "load": summarize_steps(loads), "image_layers": len(new), "changed_layers": len(changed),
+                    "changed_upstream_bytes": sum(x.size for x in changed),
+                    "full_image_upstream_bytes": sum(x.size for x in new)}
         finally:
             shutil.rmtree(d_dir, ignore_errors=True)
 
-    def memory_pass(self, hosts: Hosts) -> dict[str, Any]:
-        """One build and one load at this size: peak RSS (and times, for information)."""
+    # -- peak memory at a second size --
+    def memory_pass(self, size: SizeSetup) -> dict[str, Any]:
         out_dir = self.work / "mem"
         out_dir.mkdir()
         try:
             settle()
-            log(f"memory pass at size {hosts.scale}: build")
-            b = self.build(hosts, out_dir / "bundle", [])
-            s = b.json()
-            clear_images(hosts.offline)
-            settle()
-            log(f"memory pass at size {hosts.scale}: load")
-            ld = self.load(hosts, out_dir / "bundle")
-            self._check_loaded(hosts)
-            clear_images(hosts.offline)
-            return {"scale": hosts.scale, "unique_raw_bytes": s["raw_bytes"], "payload_bytes": s["payload_bytes"],
-                    "build": {"seconds": b.seconds, "max_rss_bytes": b.max_rss_bytes},
-                    "load": {"seconds": ld.seconds, "max_rss_bytes": ld.max_rss_bytes}}
+            log(f"memory pass at size {size.scale:g}: build")
+            b = self.build(size, out_dir / "bundle")   # a failure here fails the whole pass (guarded by main)
+            res: dict[str, Any] = {"scale": size.scale, "unique_raw_bytes": size.path.unique_raw_bytes,
+                                   "build": b.max_rss_bytes, "build_seconds": b.seconds}
+            for store in STORES:
+                def one(store: str = store) -> dict[str, Any]:
+                    self.empty(store)
+                    log(f"memory pass at size {size.scale:g}: load ({store} store)")
+                    m = self.load(store, out_dir / "bundle")
+                    self.check_ids(store, bundle_expected_ids(out_dir / "bundle", store))
+                    return {"rss": m.max_rss_bytes, "seconds": m.seconds}
+                got = self.guarded(f"memory pass, {store} store, load", one)
+                if "rss" in got:
+                    res[f"load_{store}"] = got["rss"]
+                    res[f"load_{store}_seconds"] = got["seconds"]
+                self.empty(store)
+            return res
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
 
-    def profile(self, hosts: Hosts) -> dict[str, Any]:
-        """(d), (f), (g) once more under py-spy; the busiest functions of each (own samples, by thread)."""
+    # -- profiles --
+    def profile(self, size: SizeSetup) -> dict[str, Any]:
+        """build, verify and load (both stores) once more under py-spy; the busiest functions of each."""
         from .profile import py_spy_wrap, summarize
 
         out_dir = self.work / "prof"
         out_dir.mkdir()
         profiles: dict[str, Any] = {}
+        bundle = out_dir / "bundle"
+        steps: list[tuple[str, Callable[[list[str]], Measured]]] = [
+            ("build", lambda w: self.build(size, bundle, wrap=w)),
+            ("build_zstd", lambda w: self.build(size, out_dir / "bundle-zstd", ["--recompress", "zstd"], wrap=w)),
+            ("verify", lambda w: self.verify("classic", bundle, wrap=w)),
+            *((f"load_{st}", lambda w, st=st: self.load(st, bundle, wrap=w)) for st in STORES)]
         try:
-            bundle = out_dir / "bundle"
-            for name, fn in (("build", lambda w: self.build(hosts, bundle, [], wrap=w)),
-                             ("verify", lambda w: self.verify(hosts, bundle, wrap=w)),
-                             ("load", lambda w: self.load(hosts, bundle, wrap=w))):
-                if name == "load":
-                    clear_images(hosts.offline)
+            for name, fn in steps:
+                if name.startswith("load_"):
+                    self.empty(name[5:])
                 settle()
                 log(f"profiling {name} with py-spy")
                 raw = out_dir / f"{name}.txt"
-                m = fn(py_spy_wrap(raw))
+                try:
+                    m = fn(py_spy_wrap(raw))
+                except (StepFailed, OSError) as exc:
+                    profiles[name] = {"error": str(exc)[:500]}
+                    continue
                 profiles[name] = {"seconds_under_profiler": m.seconds, **summarize(raw)}
                 if self.args.profile_dir:
                     dest = Path(self.args.profile_dir)
                     dest.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(raw, dest / f"py-spy-{name}.txt")
-            clear_images(hosts.offline)
+            for st in STORES:
+                self.empty(st)
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
         return profiles
 
 
+def _payload_bytes(bundle: Path) -> int:
+    from manifests.bundle import BundleManifest
+
+    return BundleManifest.from_bytes((bundle / "manifest.json").read_bytes()).payload_size
+
+
+# --- summaries ------------------------------------------------------------------------------------------
 def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians of every step's time and of the per-run ratios the targets use."""
-    def col(step: str, key: str = "seconds") -> list[float]:
-        return [r[step][key] for r in runs]
+def summarize_steps(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median (and min, max) of each number over the runs that did not fail; peak RSS is the maximum."""
+    ok = [r for r in records if "seconds" in r]
+    if not ok:
+        return {"error": next((r["error"] for r in records if "error" in r), "no run")}
+    out: dict[str, Any] = {"seconds": median([r["seconds"] for r in ok]), "min": min(r["seconds"] for r in ok),
+                           "max": max(r["seconds"] for r in ok), "runs": len(ok)}
+    for k in ("cpu_seconds", "engine_cpu_seconds", "machine_busy", "bytes", "payload_bytes", "bytes_per_s",
+              "tool_seconds", "tool_bytes_per_s", "proxy_cpu_seconds", "others_busy"):
+        vals = [r[k] for r in ok if isinstance(r.get(k), (int, float))]
+        if vals:
+            out[k] = median(vals)
+    out["max_rss_bytes"] = max(r["max_rss_bytes"] for r in ok)
+    if any("phases" in r for r in ok):
+        keys = {k for r in ok for k in r.get("phases", {})}
+        out["phases"] = {k: median([r["phases"].get(k, 0.0) for r in ok]) for k in sorted(keys)}
+    if len(ok) < len(records):
+        out["failed_runs"] = len(records) - len(ok)
+    return out
 
-    med = {step: {"seconds": median(col(step)), "min": min(col(step)), "max": max(col(step)),
-                  **{k: median(col(step, k)) for k in ("cpu_seconds", "engine_cpu_seconds", "machine_busy")
-                     if all(k in r[step] for r in runs)}}
-           for step in "abcdefg"}
-    med["d"]["seconds_excl_pull"] = median(col("d", "seconds_excl_pull"))
-    med["d"]["phases"] = {k: median([r["d"]["phases"].get(k, 0.0) for r in runs])
-                          for k in runs[0]["d"]["phases"]}
-    med["f_plus_g"] = {"seconds": median([r["f"]["seconds"] + r["g"]["seconds"] for r in runs])}
-    ratios = {
-        "build_vs_save": median([r["d"]["seconds_excl_pull"] / r["b"]["seconds"] for r in runs]),
-        "build_wall_vs_save": median([r["d"]["seconds"] / r["b"]["seconds"] for r in runs]),
-        "build_vs_naive": median([r["d"]["seconds_excl_pull"] / r["a"]["seconds"] for r in runs]),
-        "bytes_vs_naive": median([r["d"]["payload_bytes"] / r["a"]["bytes"] for r in runs]),
-        "bytes_vs_zstd": median([r["d"]["payload_bytes"] / r["c"]["bytes"] for r in runs]),
-        "verify_bytes_per_s": median([r["f"]["bytes"] / r["f"]["seconds"] for r in runs]),
-        "verify_load_vs_docker_load": median([(r["f"]["seconds"] + r["g"]["seconds"]) / r["e"]["seconds"]
-                                              for r in runs]),
-        "load_vs_docker_load": median([r["g"]["seconds"] / r["e"]["seconds"] for r in runs]),
+
+def _ratio(runs: list[dict[str, Any]], num: Callable[[dict], Any], den: Callable[[dict], Any]) -> float | None:
+    vals = []
+    for r in runs:
+        try:
+            a, b = num(r), den(r)
+            vals.append(a["seconds"] / b["seconds"])
+        except (KeyError, TypeError, ZeroDivisionError):
+            continue
+    return median(vals) if vals else None
+
+
+def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    online = {step: summarize_steps([r["online"][step] for r in runs]) for step in runs[0]["online"]}
+    offline = {store: {step: summarize_steps([r["offline"][store].get(step, {"error": "missing"}) for r in runs])
+                       for step in ("verify", "docker_load", "load", "skopeo")}
+               for store in runs[0]["offline"]}
+    ratios: dict[str, Any] = {
+        "build_vs_save": _ratio(runs, lambda r: r["online"]["build"], lambda r: r["online"]["save"]),
+        "build_vs_skopeo": _ratio(runs, lambda r: r["online"]["build"], lambda r: r["online"]["skopeo"]),
+        "build_zstd_vs_save": _ratio(runs, lambda r: r["online"]["build_zstd"], lambda r: r["online"]["save"]),
+        "build_zstd_vs_build": _ratio(runs, lambda r: r["online"]["build_zstd"], lambda r: r["online"]["build"]),
     }
-    last = runs[-1]
-    sizes = {"a": last["a"]["bytes"], "b": last["b"]["bytes"], "c": last["c"]["bytes"],
-             "payload": last["d"]["payload_bytes"], "bundle": last["d"]["bundle_bytes"]}
-    rss = {"build": max(r["d"]["max_rss_bytes"] for r in runs), "verify": max(r["f"]["max_rss_bytes"] for r in runs),
-           "load": max(r["g"]["max_rss_bytes"] for r in runs)}
-    return {"medians": med, "ratios": ratios, "bytes": sizes, "max_rss_bytes": rss}
+    for store in offline:
+        ratios[f"load_vs_docker_load_{store}"] = _ratio(runs, lambda r, s=store: r["offline"][s]["load"],
+                                                        lambda r, s=store: r["offline"][s]["docker_load"])
+        ratios[f"load_vs_skopeo_{store}"] = _ratio(runs, lambda r, s=store: r["offline"][s]["load"],
+                                                   lambda r, s=store: r["offline"][s]["skopeo"])
+        ratios[f"skopeo_vs_docker_load_{store}"] = _ratio(runs, lambda r, s=store: r["offline"][s]["skopeo"],
+                                                          lambda r, s=store: r["offline"][s]["docker_load"])
+        v = offline[store]["verify"]
+        ratios[f"verify_bytes_per_s_{store}"] = v.get("bytes_per_s")
+    return {"online": online, "offline": offline, "ratios": ratios}
 
 
 def command_line(args: argparse.Namespace) -> str:
-    parts = ["python3 -m bench.run", f"--size {args.size:g}", f"--runs {args.runs}"]
-    if args.mem_size is not None:
-        parts.append(f"--mem-size {args.mem_size:g}")
+    parts = ["python3 -m bench.run", f"--size {args.size:g}", f"--runs {args.runs}", f"--mem-size {args.mem_size:g}"]
     if args.profile:
         parts.append("--profile")
+    if args.skip_delta:
+        parts.append("--skip-delta")
     return " ".join(parts)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python3 -m bench.run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=float, default=1.0, help="scale of the synthetic path (1: about 2 GB raw)")
-    p.add_argument("--runs", type=int, default=3, help="timed runs of (a)-(g); medians are reported (default 3)")
+    p.add_argument("--size", type=float, default=0.5, help="scale of the synthetic path (1: about 2 GB raw)")
+    p.add_argument("--runs", type=int, default=3, help="timed runs; medians are reported (default 3)")
     p.add_argument("--mem-size", type=float, default=None,
-                   help="second size for the memory comparison (default: half of --size; 0: skip)")
+                   help="second size for the peak-memory comparison (default: half of --size; 0: skip)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json", help="JSON results file")
-    p.add_argument("--md", type=Path, default=None, help="Markdown snippet file (default: --out with .md)")
+    p.add_argument("--md", type=Path, default=None, help="Markdown file (default: --out with .md)")
     p.add_argument("--work-dir", type=Path, default=None, help="where the temporary files go (default: TMPDIR)")
     p.add_argument("--profile", action="store_true", help="also profile build, verify, load with py-spy")
     p.add_argument("--profile-dir", type=Path, default=None, help="keep py-spy's collapsed stacks here")
-    p.add_argument("--skip-delta", action="store_true", help="leave out (h), the delta bundle")
+    p.add_argument("--skip-delta", action="store_true", help="leave out the delta bundle")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (engines are stopped anyway)")
+    p.add_argument("--pause", type=float, default=1.0, help=argparse.SUPPRESS)   # settle pause (tests: 0)
     p.add_argument("--render", type=Path, metavar="JSON", default=None,
                    help="measure nothing: print the table and write --md again from a results file")
     args = p.parse_args(argv)
@@ -615,6 +745,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _tools_missing() -> str | None:
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    for tool in ("docker", "dockerd", "containerd", "docker-registry", "skopeo"):
+        if shutil.which(tool, path=path) is None:
+            return f"{tool} not found (bash tests/setup.sh installs what is needed)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render is not None:
@@ -626,40 +764,49 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench: run as root (it starts private dockerd engines)", file=sys.stderr)
         return 2
-    for tool in ("docker", "gzip", "zstd", "sha256sum", "dockerd", "docker-registry"):
-        if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
-            print(f"bench: {tool} not found (bash tests/setup.sh installs what is needed)", file=sys.stderr)
-            return 2
+    if problem := _tools_missing():
+        print(f"bench: {problem}", file=sys.stderr)
+        return 2
+    global SETTLE_PAUSE
+    SETTLE_PAUSE = max(0.0, args.pause)
     work = Path(tempfile.mkdtemp(prefix="oa-bench-", dir=args.work_dir))
     started = time.perf_counter()
-    result: dict[str, Any] = {"schema": 1, "command": command_line(args),
+    result: dict[str, Any] = {"schema": 2, "command": command_line(args),
+                              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                               "params": {"size": args.size, "runs": args.runs, "mem_size": args.mem_size}}
-    bench = Bench(args, work)
     try:
         with ExitStack() as stack:
-            hosts = Hosts(stack, work, args.size, bench.tools_env)
-            result["machine"] = machine_info(hosts.online)
-            result["setup_seconds"] = hosts.setup_seconds
-            runs = [bench.one_run(hosts, i + 1) for i in range(args.runs)]
-            result["dataset"] = hosts.path.describe()
+            log("starting the engines: online Engine 20.10, offline Engine 20.10 (classic) and Engine 26 (containerd)")
+            online = stack.enter_context(PrivateEngine(name="bon"))
+            offline = {"classic": stack.enter_context(PrivateEngine(name="bcl")),
+                       "containerd": stack.enter_context(PrivateEngine(name="b26", store="containerd"))}
+            result["machine"] = machine_info({"classic": offline["classic"], "containerd": offline["containerd"]})
+            bench = Bench(args, work, online, offline)
+            t = time.perf_counter()
+            main_size = SizeSetup(stack, work, args.size)
+            bench.prepare_engines(main_size, stack)
+            result["setup_seconds"] = time.perf_counter() - t
+            result["dataset"] = main_size.path.describe()
+            result["save_containerd"] = bench.save26
+            runs = [bench.one_run(main_size, i + 1) for i in range(args.runs)]
             result["runs"] = runs
             result.update(summarize_runs(runs))
+            result["memory"] = {f"{args.size:g}": {
+                "scale": args.size, "unique_raw_bytes": main_size.path.unique_raw_bytes,
+                "build": result["online"]["build"].get("max_rss_bytes"),
+                **{f"load_{st}": result["offline"][st]["load"].get("max_rss_bytes") for st in STORES}}}
+            result["errors"] = bench.errors
+            # the rest is guarded: a failure there is recorded, and what was measured is still written
             if not args.skip_delta:
-                result["delta"] = bench.delta(hosts)
+                result["delta"] = {st: bench.guarded(f"delta, {st} store", lambda st=st: bench.delta(main_size, st))
+                                   for st in STORES}
             if args.profile:
-                result["profiles"] = bench.profile(hosts)
-        result["memory"] = {f"{args.size:g}": {"build": result["max_rss_bytes"]["build"],
-                                               "load": result["max_rss_bytes"]["load"],
-                                               "unique_raw_bytes": result["dataset"]["unique_raw_bytes"]}}
-        if args.mem_size:
-            with ExitStack() as stack:
-                small = Hosts(stack, work / "mem-size", args.mem_size, bench.tools_env)
-                mp = bench.memory_pass(small)
-            result["memory"][f"{args.mem_size:g}"] = {"build": mp["build"]["max_rss_bytes"],
-                                                      "load": mp["load"]["max_rss_bytes"],
-                                                      "unique_raw_bytes": mp["unique_raw_bytes"],
-                                                      "build_seconds": mp["build"]["seconds"],
-                                                      "load_seconds": mp["load"]["seconds"]}
+                result["profiles"] = bench.guarded("profiles", lambda: bench.profile(main_size))
+            if args.mem_size:
+                small = SizeSetup(stack, work, args.mem_size)
+                mem = bench.guarded(f"memory pass at size {args.mem_size:g}", lambda: bench.memory_pass(small))
+                if "error" not in mem:
+                    result["memory"][f"{args.mem_size:g}"] = mem
         result["targets"] = evaluate_targets(result)
         result["total_seconds"] = time.perf_counter() - started
     finally:
@@ -667,10 +814,12 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    md = markdown_snippet(result)
-    args.md.write_text(md)
+    args.md.write_text(markdown_snippet(result))
     print(text_table(result))
-    print(f"\nJSON: {_display(args.out)}   Markdown: {_display(args.md)}")
+    print(f"\nJSON: {_display(args.out)}   Markdown: {_display(args.md)}   ({result['total_seconds'] / 60:.1f} min)")
+    if result["errors"]:
+        print(f"\n{len(result['errors'])} step(s) failed:\n  " + "\n  ".join(result["errors"]), file=sys.stderr)
+        return 1
     return 0
 
 

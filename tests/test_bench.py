@@ -1,80 +1,96 @@
-"""The benchmark's pure parts: targets, report, py-spy summary, dataset shape (no engine needed)."""
+"""The benchmark: its pure parts (targets, report, py-spy summary, dataset shape, API proxy head
+rewrite) and one smoke run of ``python3 -m bench.run`` at a tiny size on real engines."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
+
 from bench import dataset
+from bench.apiproxy import rewrite_head
 from bench.profile import summarize
 from bench.report import evaluate_targets, markdown_snippet, text_table
-from bench.run import summarize_runs
+from bench.run import main, summarize_runs, summarize_steps
 
 
-def _run(i: int, a: float = 100.0, b: float = 20.0, d: float = 24.0) -> dict:
-    return {
-        "run": i,
-        "a": {"seconds": a, "bytes": 2_000_000_000, "files": 7},
-        "b": {"seconds": b, "bytes": 2_060_000_000, "sync_seconds": 1.0},
-        "c": {"seconds": 7.0, "bytes": 1_000_000_000},
-        "d": {"seconds": d + 0.5, "seconds_excl_pull": d, "phases": {"pull": 0.5, "export": 18.0, "write": 5.0},
-              "payload_bytes": 1_010_000_000, "bundle_bytes": 1_010_100_000, "raw_bytes": 2_060_000_000,
-              "docker_save_bytes": 2_060_000_000, "parts": 1, "blobs": 40, "max_rss_bytes": 120_000_000,
-              "cpu_seconds": 30.0},
-        "e": {"seconds": 25.0, "bytes": 2_060_000_000},
-        "f": {"seconds": 1.0, "bytes": 1_010_100_000, "tool_seconds": 0.8, "tool_mb_per_s": 1262.0,
-              "max_rss_bytes": 60_000_000, "cpu_seconds": 1.0},
-        "g": {"seconds": 30.0, "tool_load_seconds": 28.0, "sent_bytes": 2_060_000_000,
-              "max_rss_bytes": 80_000_000, "cpu_seconds": 10.0},
-    }
+def _step(seconds: float, **extra: float) -> dict:
+    return {"seconds": seconds, "cpu_seconds": seconds / 2, "engine_cpu_seconds": 1.0, "machine_busy": 0.5,
+            "max_rss_bytes": 80_000_000, **extra}
+
+
+def _run(i: int, build: float = 4.0, load: float = 11.0) -> dict:
+    offline = {store: {"verify": _step(0.25, bytes=640_000_000, bytes_per_s=640_000_000 / 0.25),
+                       "docker_load": _step(10.0), "load": _step(load), "skopeo": _step(20.0)}
+               for store in ("classic", "containerd")}
+    offline["containerd"]["load"] = {"error": "load failed"} if i == 2 else offline["containerd"]["load"]
+    return {"run": i, "online": {"save": _step(10.0, bytes=1_030_000_000), "skopeo": _step(5.0, bytes=640_000_000),
+                                 "build": _step(build, bytes=641_000_000, phases={"fetch": build - 1, "write": 1.0}),
+                                 "build_zstd": _step(12.0, bytes=500_000_000)},
+            "offline": offline}
 
 
 def _result() -> dict:
-    runs = [_run(1, d=24.0), _run(2, d=26.0), _run(3, d=25.0)]
-    r = {"command": "python3 -m bench.run --size 1 --runs 3", "runs": runs,
+    runs = [_run(1, build=4.0), _run(2, build=6.0), _run(3, build=5.0, load=12.0)]
+    r = {"command": "python3 -m bench.run --size 0.5 --runs 3 --mem-size 0.25", "date": "2026-12-01 12:00 UTC",
+         "runs": runs, "total_seconds": 700.0,
          "machine": {"nproc": 2, "cpu_model": "CPU", "memory_bytes": 24 * 2**30, "os": "Debian 12", "kernel": "6.1",
-                     "docker_engine": "20.10.24", "docker_api": "1.41", "storage_driver": "overlay2",
-                     "docker_cli": "28.2.2", "python": "3.11.7", "gzip": "gzip 1.12", "zstd": "zstd v1.5.4"},
-         "dataset": {"scale": 1.0, "plan_images": dataset.PLAN_IMAGES, "unique_layers": 30,
-                     "unique_raw_bytes": 2_060_000_000},
-         "delta": {"hop": "6.2.1 -> 6.2.2", "build_seconds": 3.0, "payload_bytes": 4_100_000,
-                   "changed_zstd3_bytes": 4_000_000, "changed_gzip_bytes": 4_200_000, "changed_layers": 3,
-                   "image_layers": 11, "load_max_rss_bytes": 70_000_000},
-         "memory": {"0.5": {"build": 110_000_000, "load": 80_000_000, "unique_raw_bytes": 1_030_000_000},
-                    "1": {"build": 120_000_000, "load": 80_000_000, "unique_raw_bytes": 2_060_000_000}}}
+                     "python": "3.11.7", "docker_cli": "28.2.2", "skopeo": "1.9.3",
+                     "engines": {"classic": {"version": "20.10.24", "api": "1.41", "driver": "overlay2"},
+                                 "containerd": {"version": "26.1.5", "api": "1.45", "driver": "overlayfs"}}},
+         "dataset": {"scale": 0.5, "plan_images": dataset.PLAN_IMAGES, "unique_layers": 22, "indexes": ["mongo:8.0"],
+                     "unique_raw_bytes": 1_030_000_000, "upstream_bytes": 640_000_000},
+         "memory": {"0.25": {"unique_raw_bytes": 515_000_000, "build": 70_000_000, "load_classic": 80_000_000,
+                             "load_containerd": 80_000_000},
+                    "0.5": {"unique_raw_bytes": 1_030_000_000, "build": 72_000_000, "load_classic": 81_000_000,
+                            "load_containerd": 200_000_000}},
+         "errors": ["run 2, containerd store, load: load failed"]}
     r.update(summarize_runs(runs))
     r["targets"] = evaluate_targets(r)
     return r
 
 
-def test_targets_use_medians_of_per_run_ratios() -> None:
+def test_targets_use_medians_of_per_run_ratios_and_skip_failed_runs() -> None:
     r = _result()
     by_id = {t["id"]: t for t in r["targets"]}
-    assert by_id["build_vs_save"]["value"] == 25.0 / 20.0 and by_id["build_vs_save"]["met"] is True
-    assert by_id["build_vs_naive"]["value"] == 0.25 and by_id["build_vs_naive"]["met"] is True
-    assert by_id["bytes_vs_naive"]["value"] == 1_010_000_000 / 2_000_000_000
-    assert by_id["bytes_vs_zstd"]["met"] is True            # 1.01 <= 1.02
-    assert by_id["verify_rate"]["met"] is True              # 1.01 GB/s
-    assert by_id["verify_load_vs_docker_load"]["value"] == 31.0 / 25.0
-    assert by_id["rss_flat_build"]["value"] == 120 / 110 and by_id["rss_flat_build"]["met"] is True
-    assert by_id["delta"]["value"] == 4_100_000 / 4_000_000 and by_id["delta"]["met"] is True
+    assert by_id["build_vs_save"]["value"] == 0.5 and by_id["build_vs_save"]["met"] is True
+    assert by_id["build_vs_skopeo"]["value"] == 1.0 and by_id["build_vs_skopeo"]["met"] is True
+    assert by_id["load_vs_docker_load_classic"]["value"] == 1.1 and by_id["load_vs_docker_load_classic"]["met"]
+    # the failed run 2 is left out: median of 1.1 and 1.2
+    assert by_id["load_vs_docker_load_containerd"]["value"] == pytest.approx(1.15)
+    assert r["offline"]["containerd"]["load"]["failed_runs"] == 1
+    assert by_id["load_vs_skopeo_classic"]["met"] is True                 # 0.55 < 1
+    assert by_id["verify_rate"]["value"] == 2.56e9 and by_id["verify_rate"]["met"] is True
+    assert by_id["rss_load_containerd"]["met"] is False                   # 200 MB at size 0.5
+    assert by_id["rss_flat_load_containerd"]["met"] is False
+    assert by_id["rss_flat_build"]["met"] is True
 
 
-def test_missed_targets_are_marked() -> None:
+def test_a_step_that_failed_in_every_run_gives_na() -> None:
+    steps = summarize_steps([{"error": "boom"}, {"error": "boom"}])
+    assert steps == {"error": "boom"}
     r = _result()
-    r["memory"]["1"]["build"] = 200_000_000
-    r["max_rss_bytes"]["build"] = 200_000_000
-    by_id = {t["id"]: t for t in evaluate_targets(r)}
-    assert by_id["rss_build"]["met"] is False
-    assert by_id["rss_flat_build"]["met"] is False
+    for run in r["runs"]:
+        run["online"]["skopeo"] = {"error": "skopeo missing"}
+    r.update(summarize_runs(r["runs"]))
+    t = {x["id"]: x for x in evaluate_targets(r)}["build_vs_skopeo"]
+    assert t["met"] is None and t["measured"] == "failed / not measured"
 
 
-def test_report_texts_hold_no_machine_paths_and_escape_pipes() -> None:
+def test_report_texts_hold_every_number_no_machine_paths_and_escape_pipes() -> None:
     r = _result()
+    r["analysis"] = ["**load, containerd store**: limited by the engine's unpack (py-spy: 80 % waiting)."]
     md = markdown_snippet(r)
-    assert "## Performance" in md and "python3 -m bench.run --size 1 --runs 3" in md
-    assert "`docker save IMAGE \\| gzip`" in md           # a pipe inside a table cell is escaped
-    assert "/tmp" not in md and "/work" not in md
+    assert md.startswith("## Performance") and "python3 -m bench.run --size 0.5 --runs 3 --mem-size 0.25" in md
+    assert "2026-12-01 12:00 UTC" in md and "skopeo 1.9.3" in md and "Engine 26.1.5" in md
+    assert "0.50 x" in md and "2.56 GB/s" in md and "MISSED" in md and "| met |" in md
+    assert "### What limits the missed targets" in md and "py-spy: 80 %" in md
+    assert "load failed" in md                                           # failed steps are listed
+    assert "/tmp" not in md and "/work" not in md and "/root" not in md
+    assert "`skopeo copy docker://… oci:LAYOUT:REF`, 7 calls, one layout" in md
+    assert "bytes: bundle / upstream | 1.002 x" in md
     table = text_table(r)
-    assert "MISSED" not in table and "met" in table
+    assert "MISSED" in table and "2.56 GB/s" in table
 
 
 def test_py_spy_summary_by_thread(tmp_path: Path) -> None:
@@ -82,26 +98,64 @@ def test_py_spy_summary_by_thread(tmp_path: Path) -> None:
     raw.write_text(
         "thread (11): MainThread;main (bundler/cli.py:160);put_stream (bundler/cache.py:160) 30\n"
         "thread (11);main (bundler/cli.py:160);put_stream (bundler/cache.py:159) 10\n"
-        "thread (12): export-reader;_pump (bundler/export.py:82);readinto (/usr/lib/python3.11/socket.py:706) 60\n")
+        "thread (12): fetch_0;_pump (bundler/fetch.py:82);readinto (/usr/lib/python3.11/socket.py:706) 60\n")
     s = summarize(raw)
     assert s["samples"] == 100
-    main, reader = {t["thread"]: t for t in s["threads"]}["MainThread"], s["threads"][0]
-    assert reader["thread"] == "export-reader" and reader["share"] == 0.6
+    main_thread, reader = {t["thread"]: t for t in s["threads"]}["MainThread"], s["threads"][0]
+    assert reader["thread"] == "fetch_N" and reader["share"] == 0.6
     assert reader["top_leaf"][0]["frame"] == "readinto (socket.py:706)"
-    assert main["samples"] == 40
-    assert main["top_own_code"][0] == {"frame": "put_stream (bundler/cache.py:160)", "share_of_thread": 0.75}
+    assert main_thread["top_own_code"][0] == {"frame": "put_stream (bundler/cache.py:160)", "share_of_thread": 0.75}
 
 
-def test_dataset_is_at_least_2_gb_at_size_1_with_a_shared_base() -> None:
-    raw = {spec.tag: sum(layer.mib for layer in spec.layers) for spec in dataset.SPECS}
-    in_plan = set()
-    by_tag = {spec.tag: spec for spec in dataset.SPECS}
-    for tag in dataset.PLAN_IMAGES:
-        while tag in by_tag:
-            in_plan.add(tag)
-            tag = by_tag[tag].base
-    assert sum(raw[t] for t in in_plan) * 2**20 >= 2e9
-    assert sum(1 for s in dataset.SPECS if s.base == dataset.APP_BASE) == 3   # 4.2.9, 5.5.8, 6.2.1 share it
-    assert by_tag[dataset.DELTA_NEW_IMAGE].base == dataset.DELTA_OLD_IMAGE
-    kinds = {layer.kind for spec in dataset.SPECS for layer in spec.layers}
-    assert kinds == {"text", "random"}
+def test_dataset_shape_at_size_1() -> None:
+    by_ref = {s.ref: s for s in dataset.SPECS}
+    assert set(dataset.ALL_IMAGES) == set(by_ref)
+    unique = {(layer.seed, layer.path): layer for ref in dataset.PLAN_IMAGES for layer in by_ref[ref].layers}
+    assert sum(layer.mib for layer in unique.values()) * 2**20 >= 2e9
+    assert {layer.kind for layer in unique.values()} == {"text", "random"}
+    apps = [r for r in dataset.PLAN_IMAGES if r.startswith("sharelatex/")]
+    assert len({by_ref[r].layers[:3] for r in apps}) == 1                 # one shared app base
+    new, old = by_ref[dataset.DELTA_NEW_IMAGE].layers, by_ref[dataset.DELTA_OLD_IMAGE].layers
+    assert new[:len(old)] == old and len(new) == len(old) + 2             # 6.2.2 = 6.2.1 + a hotfix
+    assert all(by_ref[r].oci_index for r in dataset.PLAN_IMAGES if r.startswith(("mongo:", "redis:")))
+
+
+def test_make_layer_is_a_deterministic_gzip_tar(tmp_path: Path) -> None:
+    import gzip
+    import hashlib
+    import tarfile
+
+    a = dataset.make_layer("/opt/x/blob.bin", 1 << 20, "text", "s", str(tmp_path / "a.gz"))
+    b = dataset.make_layer("/opt/x/blob.bin", 1 << 20, "text", "s", str(tmp_path / "b.gz"))
+    assert a == b and a["size"] < a["raw_size"] / 2
+    raw = gzip.decompress((tmp_path / "a.gz").read_bytes())
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == a["diff_id"] and len(raw) == a["raw_size"]
+    with tarfile.open(tmp_path / "a.gz") as tar:
+        assert tar.getnames() == ["opt", "opt/x", "opt/x/blob.bin"]
+
+
+def test_proxy_lifts_old_api_versions_only() -> None:
+    head = b"POST /v1.22/images/load?quiet=1 HTTP/1.1\r\nHost: docker\r\nConnection: keep-alive\r\nX: y"
+    out = rewrite_head(head)
+    assert out.startswith(b"POST /v1.24/images/load?quiet=1 HTTP/1.1\r\n")
+    assert b"keep-alive" not in out and out.endswith(b"X: y\r\nConnection: close\r\n\r\n")
+    assert rewrite_head(b"GET /v1.41/_ping HTTP/1.1\r\nHost: d").startswith(b"GET /v1.41/_ping ")
+    assert rewrite_head(b"GET /_ping HTTP/1.1").startswith(b"GET /_ping ")
+
+
+@pytest.mark.engine
+def test_benchmark_smoke_run_at_a_tiny_size(tmp_path: Path) -> None:
+    """The whole benchmark once, at a tiny size (every layer 1 MiB), on its own real engines and registry."""
+    out = tmp_path / "results.json"
+    rc = main(["--size", "0.01", "--runs", "1", "--mem-size", "0.005", "--pause", "0", "--out", str(out),
+               "--work-dir", str(tmp_path)])
+    r = json.loads(out.read_text())
+    assert r["errors"] == [] and rc == 0
+    assert {t["id"] for t in r["targets"]} >= {"build_vs_save", "build_vs_skopeo", "load_vs_docker_load_classic",
+                                               "load_vs_docker_load_containerd", "load_vs_skopeo_containerd",
+                                               "verify_rate", "rss_flat_build", "rss_flat_load_containerd"}
+    assert all(t["met"] is not None for t in r["targets"])
+    assert r["online"]["build"]["bytes"] > r["dataset"]["upstream_bytes"] > 0
+    assert r["delta"]["classic"]["build"]["omitted_layers"] > 0
+    md = (tmp_path / "results.md").read_text()
+    assert "## Performance" in md and str(tmp_path) not in md
