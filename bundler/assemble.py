@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Sequence
 
 from manifests.atomic import fsync_dir
 from manifests.bundle import MANIFEST_NAME, BlobEntry
-from manifests.errors import AirgapError, OutputError
+from manifests.errors import CacheError, OutputError
 from manifests.payload import END_OF_ARCHIVE, member_header, padding
 
 CHUNK = 1024 * 1024
@@ -30,12 +30,6 @@ CHUNK = 1024 * 1024
 BUNDLE_NAMES = {"manifest.json", "manifest.json.sig", "signing-key.pub", "README-OFFLINE.txt",
                 "toolkit.gitbundle", "wheels"}
 STAGING_NAME = ".overleaf-bundle-staging"   # inside --out when --out is a mount point
-
-
-class CacheError(AirgapError):
-    """A fetched blob in the work folder is damaged (it has been removed; the next run fetches it again)."""
-
-    exit_code = 14
 
 
 def payload_order(images: Sequence[tuple[str, str, Sequence[str]]], stored: set[str]) -> list[str]:

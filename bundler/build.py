@@ -44,20 +44,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from manifests.atomic import atomic_write_bytes
 from manifests.bundle import (DEFAULT_SEGMENT_SIZE, MANIFEST_NAME, MEDIA_SIZES, MIN_PART_SIZE, PUBKEY_NAME,
-                              README_NAME, SIGNATURE_NAME, BlobEntry, BundleManifest, FileRef, ImageEntry,
-                              canonical_json, iso, utc_now)
+                              README_NAME, SIGNATURE_NAME, BlobEntry, BundleManifest, FileRef, iso, utc_now)
 from manifests.catalog import load_catalog
-from manifests.errors import DiskSpaceError, OutputError
+from manifests.errors import DiskSpaceError, LocalImageMissingError, OutputError, UsageError
+from manifests.imageref import canonical
 from manifests.payload import PartWriter
 from manifests.planner import PlanRequest, UpgradePlan, make_plan
+from manifests.receipt import Receipt
 from manifests.signing import key_id, public_pem, sign, verify
+from manifests.units import human_size
 
 from .assemble import check_output, fs_type, payload_order, publish, stage_path, write_payload
 from .cache import WorkDir
-from .delta import Receipt
+from .delta import registry_layers
 from .offline_readme import offline_readme
 from .packed import PackedImage
-from .registry import Mirrors, UsageError, canonical, check_platform
+from .registry import Mirrors, check_platform, connect_engine
 from .toolkit_bundle import BUNDLE_NAME as TOOLKIT_NAME, ToolkitInfo, check_toolkit, write_toolkit_bundle
 from . import wheels as wheels_mod
 
@@ -140,14 +142,6 @@ def image_order(plan: UpgradePlan) -> list[str]:
             if i not in seen:
                 seen.append(i)
     return seen
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n}"  # pragma: no cover
 
 
 @dataclass
@@ -288,8 +282,7 @@ class Builder:
                 images[f.ref] = PackedImage.from_fetched(f, store)
         local = self.local_refs
         if local:
-            from .local_export import LocalImageMissingError, export_local
-            from .registry import connect_engine
+            from .local_export import export_local
 
             self.r.log(f"exporting {len(local)} local-only image(s) from the engine: {', '.join(local)}")
             client = connect_engine()
@@ -327,6 +320,10 @@ class Builder:
     def _delta(self, images: list[PackedImage]) -> set[str]:
         if self.receipt is None:
             return set()
+        if self.receipt.store == "containerd":
+            found = self.receipt.resolve_blobs(registry_layers(self.mirrors, self.platform))
+            self.r.log(f"receipt (containerd store): the registry knows {found} of its "
+                       f"{len(self.receipt.images)} image(s), whose layer blobs the host holds")
         omitted = self.receipt.omitted([(i.diff_ids, i.layers) for i in images])
         self.r.log(f"receipt ({self.receipt.store} store): {len(omitted)} layer(s) are on the offline host "
                    "already and are left out")
@@ -357,10 +354,10 @@ class Builder:
         total = sum(blobs[d][0].stored_size for d in order)
         free = shutil.disk_usage(stage).free
         if free < total + 1024 * 1024:
-            self.r.warn(f"only {human(free)} free where the bundle is written ({stage.parent}), and it needs about "
-                        f"{human(total)}: the write will probably run out of space")
-        self.r.log(f"writing {len(order)} blob(s), {human(total)}, into parts of at most "
-                   f"{human(self.o.max_part_size)}")
+            self.r.warn(f"only {human_size(free)} free where the bundle is written ({stage.parent}), and it needs about "
+                        f"{human_size(total)}: the write will probably run out of space")
+        self.r.log(f"writing {len(order)} blob(s), {human_size(total)}, into parts of at most "
+                   f"{human_size(self.o.max_part_size)}")
         with self.r.bar(total, "write") as bar:
             writer = PartWriter(stage, self.o.max_part_size, self.o.segment_size)
             try:
@@ -498,9 +495,9 @@ def format_summary(s: dict[str, Any]) -> str:
              + ("exactly as the registries serve them" if s["exact"] else f"(layers re-encoded: {s['recompress']})")
              + (f", {s['omitted_layers']} layer(s) left out (the offline host has them)" if s["omitted_layers"]
                 else ""),
-             f"  upstream {human(up)} -> bundle {human(bundle)}",
-             f"  payload {human(s['payload_bytes'])} in {len(s['parts'])} part(s) of at most "
-             f"{human(s['max_part_size'])}" + (f", plus {len(s['files'])} file(s)" if s["files"] else "")]
+             f"  upstream {human_size(up)} -> bundle {human_size(bundle)}",
+             f"  payload {human_size(s['payload_bytes'])} in {len(s['parts'])} part(s) of at most "
+             f"{human_size(s['max_part_size'])}" + (f", plus {len(s['files'])} file(s)" if s["files"] else "")]
     for d in s["image_digests"]:
         lines.append(f"    {d['ref']}  {d['manifest_digest'] if d['exact'] else d['config_digest'] + ' (config)'}")
     lines.append(f"  signed by {s['key_id']}, sequence {s['sequence']}, expires {s['expires']}")

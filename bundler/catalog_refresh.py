@@ -5,6 +5,10 @@ On ``401`` with ``WWW-Authenticate: Bearer realm=...,service=...,scope=...`` it 
 anonymous token from the realm, as Docker Hub and quay.io require, and retries.
 New ``X.Y.Z`` tags of majors the catalog has rules for go into the local overlay file;
 a new major is only reported: the planner never steps through a major without rules.
+
+    tags = list_tags("https://registry-1.docker.io", "sharelatex/sharelatex")
+    result = refresh(load_catalog(), "https://quay.io", ["sharelatex/sharelatex-pro"], default_overlay_path())
+    result.added, result.new_majors
 """
 from __future__ import annotations
 

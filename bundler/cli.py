@@ -1,8 +1,13 @@
 """``overleaf-bundle``: the online side. Thin Typer commands over the library modules.
 
 Commands: ``plan``, ``catalog show``, ``catalog refresh`` (here), and ``keygen``,
-``build``, ``inspect`` (bundler/cli_build.py). Every expected failure exits with the
-code of its :mod:`manifests.errors` class and a message that says what to do.
+``build``, ``inspect`` (bundler/cli_build.py). ``plan`` and ``build`` share their option
+objects (:mod:`bundler.options`). Every command takes ``--json`` after its name as well as
+before it; every expected failure exits with the code of its :mod:`manifests.errors` class
+and a message that says what to do (usage errors: 2).
+
+    overleaf-bundle plan --from 5.5.4 --to 6.2.2 --json
+    overleaf-bundle catalog show --json
 """
 from __future__ import annotations
 
@@ -13,8 +18,11 @@ import typer
 
 from manifests.catalog import default_overlay_path, load_catalog
 from manifests.console import CTX, emit_json, run, safe, say
-from manifests.planner import PlanRequest, UpgradePlan, make_plan
-from manifests.toolkit_config import read_toolkit
+from manifests.planner import UpgradePlan, make_plan
+
+from .cli_build import register as register_build
+from .options import (AllowRcOpt, EditionOpt, FromOpt, GitBridgeOpt, JsonOpt, MongoOpt, RedisOpt, TexliveOpt,
+                      TlsProxyOpt, ToolkitOpt, ToOpt, plan_request)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Online side of overleaf-airgap: plan stepped Overleaf upgrades and build signed bundles.")
@@ -24,32 +32,9 @@ app.add_typer(catalog_app, name="catalog")
 
 @app.callback()
 def _global(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the cause of errors (tracebacks)."),
-            json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout.")) -> None:
-    CTX.verbose = verbose
-    CTX.json = json_out
-
-
-def plan_request(from_: Optional[str], to: str, edition: Optional[str], git_bridge: Optional[bool],
-                 tls_proxy: Optional[bool], texlive: Optional[List[str]], mongo: Optional[str],
-                 redis: Optional[str], toolkit: Optional[Path], allow_rc: bool) -> PlanRequest:
-    """Options given on the command line win over what ``--toolkit`` reads from config/."""
-    base: dict = {}
-    if toolkit is not None:
-        base = read_toolkit(toolkit).plan_options()
-    if from_ is not None:
-        base["current"] = from_
-    if "current" not in base:
-        raise typer.BadParameter("give --from VERSION, or --toolkit DIR to read it from config/version")
-    for key, val in (("edition", edition), ("git_bridge", git_bridge), ("tls_proxy", tls_proxy),
-                     ("mongo", mongo), ("redis", redis)):
-        if val is not None:
-            base[key] = val
-    if texlive:
-        base["texlive"] = tuple(texlive)
-    base["target"] = to
-    base["allow_rc"] = allow_rc
-    base.setdefault("edition", "ce")
-    return PlanRequest(**base)
+            json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout (every command "
+                                                                "also takes --json after its name).")) -> None:
+    CTX.reset(verbose=verbose, json=json_out)
 
 
 def render_plan(plan: UpgradePlan) -> str:
@@ -80,19 +65,13 @@ def render_plan(plan: UpgradePlan) -> str:
 
 
 @app.command()
-def plan(
-    from_: Optional[str] = typer.Option(None, "--from", help="Current Overleaf version (config/version)."),
-    to: str = typer.Option("latest", "--to", help="Target: a version, 'latest' or 'latest-patch'."),
-    edition: Optional[str] = typer.Option(None, "--edition", help="ce (Community Edition) or pro (Server Pro)."),
-    git_bridge: Optional[bool] = typer.Option(None, "--git-bridge/--no-git-bridge", help="Server Pro git-bridge."),
-    tls_proxy: Optional[bool] = typer.Option(None, "--tls-proxy/--no-tls-proxy", help="The Toolkit's nginx TLS proxy."),
-    texlive: Optional[List[str]] = typer.Option(None, "--texlive", help="TeX Live image (or YYYY.N), repeatable."),
-    mongo: Optional[str] = typer.Option(None, "--mongo", help="MongoDB version running now, e.g. 4.4."),
-    redis: Optional[str] = typer.Option(None, "--redis", help="Redis version running now, e.g. 6.2."),
-    toolkit: Optional[Path] = typer.Option(None, "--toolkit", help="Read the current settings from this Toolkit."),
-    allow_rc: bool = typer.Option(False, "--allow-rc", help="Allow release candidates."),
-) -> None:
+def plan(from_: Optional[str] = FromOpt, to: str = ToOpt, edition: Optional[str] = EditionOpt,
+         git_bridge: Optional[bool] = GitBridgeOpt, tls_proxy: Optional[bool] = TlsProxyOpt,
+         texlive: Optional[List[str]] = TexliveOpt, mongo: Optional[str] = MongoOpt, redis: Optional[str] = RedisOpt,
+         toolkit: Optional[Path] = ToolkitOpt, allow_rc: bool = AllowRcOpt, json_out: bool = JsonOpt) -> None:
     """Work out the stepped upgrade path and the images each step needs."""
+    CTX.json = CTX.json or json_out
+
     def go() -> None:
         req = plan_request(from_, to, edition, git_bridge, tls_proxy, texlive, mongo, redis, toolkit, allow_rc)
         p = make_plan(load_catalog(), req)
@@ -104,8 +83,10 @@ def plan(
 
 
 @catalog_app.command("show")
-def catalog_show() -> None:
+def catalog_show(json_out: bool = JsonOpt) -> None:
     """List every release the planner knows, with its status and source."""
+    CTX.json = CTX.json or json_out
+
     def go() -> None:
         cat = load_catalog()
         if CTX.json:
@@ -130,9 +111,12 @@ def catalog_refresh(
     repository: Optional[List[str]] = typer.Option(None, "--repository", help="Repository to read (repeatable); "
                                                    "default sharelatex/sharelatex, or sharelatex/sharelatex-pro on quay.io."),
     overlay: Optional[Path] = typer.Option(None, "--overlay", help="Overlay file (default: the user's config folder)."),
+    json_out: bool = JsonOpt,
 ) -> None:
     """Record newly published patch releases of known majors from a registry's tag list."""
     from .catalog_refresh import refresh
+
+    CTX.json = CTX.json or json_out
 
     def go() -> None:
         repos = repository or (["sharelatex/sharelatex-pro"] if "quay.io" in registry else ["sharelatex/sharelatex"])
@@ -149,12 +133,7 @@ def catalog_refresh(
     run(go)
 
 
-try:  # build, keygen, inspect live in their own module
-    from .cli_build import register as _register_build
-except ImportError:  # pragma: no cover - only while that module is being written
-    _register_build = None
-if _register_build is not None:
-    _register_build(app)
+register_build(app)   # build, keygen, inspect: bundler/cli_build.py
 
 
 def main() -> None:

@@ -2,6 +2,11 @@
 
 Thin: parse options, call :mod:`bundler.keys`, :mod:`bundler.build`,
 :mod:`bundler.inspect_bundle`, print. Errors go through :func:`manifests.console.run`.
+``build`` describes the upgrade with the same options as ``plan`` (:mod:`bundler.options`).
+
+    overleaf-bundle keygen --out release.key
+    overleaf-bundle build --from 5.5.4 --to 6.2.2 --key release.key --out bundle --json
+    overleaf-bundle inspect bundle --json
 """
 from __future__ import annotations
 
@@ -14,11 +19,10 @@ import typer
 from manifests.bundle import parse_size
 from manifests.console import CTX, emit_json, progress, run, say, warn
 
-from .registry import UsageError
+from manifests.errors import UsageError
 
-
-def _json_opt() -> bool:
-    return typer.Option(False, "--json", help="Machine-readable output on stdout (same as the global --json).")
+from .options import (AllowRcOpt, EditionOpt, FromOpt, GitBridgeOpt, JsonOpt, MongoOpt, RedisOpt, TexliveOpt,
+                      TlsProxyOpt, ToolkitOpt, ToOpt, plan_request)
 
 
 class _CliReporter:
@@ -41,7 +45,7 @@ def keygen_cmd(
     passphrase_env: Optional[str] = typer.Option(None, "--passphrase-env", metavar="VAR",
                                                  help="Read the passphrase from this environment variable."),
     no_passphrase: bool = typer.Option(False, "--no-passphrase", help="Write the private key unencrypted."),
-    json_out: bool = _json_opt(),
+    json_out: bool = JsonOpt,
 ) -> None:
     """Make an Ed25519 signing key pair (private key 0600, encrypted with a passphrase)."""
     CTX.json = CTX.json or json_out
@@ -60,16 +64,16 @@ def keygen_cmd(
 
 
 def build_cmd(
-    from_: str = typer.Option(..., "--from", help="Current Overleaf version on the offline host."),
-    to: str = typer.Option("latest", "--to", help="Target: a version, 'latest' or 'latest-patch'."),
-    edition: str = typer.Option("ce", "--edition", help="ce (Community Edition) or pro (Server Pro)."),
-    git_bridge: bool = typer.Option(False, "--git-bridge", help="Include Server Pro's git-bridge."),
-    tls_proxy: bool = typer.Option(False, "--tls-proxy", help="Include the Toolkit's nginx TLS proxy."),
-    texlive: Optional[List[str]] = typer.Option(None, "--texlive", metavar="IMAGE",
-                                                help="TeX Live image (or YYYY.N), repeatable (Server Pro)."),
-    mongo: Optional[str] = typer.Option(None, "--mongo", help="MongoDB version the host runs now, e.g. 5.0."),
-    redis: Optional[str] = typer.Option(None, "--redis", help="Redis version the host runs now, e.g. 6.2."),
-    allow_rc: bool = typer.Option(False, "--allow-rc", help="Allow release candidates."),
+    from_: Optional[str] = FromOpt,
+    to: str = ToOpt,
+    edition: Optional[str] = EditionOpt,
+    git_bridge: Optional[bool] = GitBridgeOpt,
+    tls_proxy: Optional[bool] = TlsProxyOpt,
+    texlive: Optional[List[str]] = TexliveOpt,
+    mongo: Optional[str] = MongoOpt,
+    redis: Optional[str] = RedisOpt,
+    toolkit: Optional[Path] = ToolkitOpt,
+    allow_rc: bool = AllowRcOpt,
     key: Path = typer.Option(..., "--key", help="Private signing key (from `overleaf-bundle keygen`)."),
     passphrase_env: Optional[str] = typer.Option(None, "--passphrase-env", metavar="VAR",
                                                  help="Read the key's passphrase from this environment variable "
@@ -81,7 +85,7 @@ def build_cmd(
     mirror: Optional[List[str]] = typer.Option(None, "--mirror", metavar="REGISTRY=HOST[:PORT][/PREFIX]",
                                                help="Pull REGISTRY's images from a mirror, repeatable; e.g. "
                                                     "docker.io=127.0.0.1:5000 quay.io=127.0.0.1:5000/quay.io"),
-    toolkit: Optional[Path] = typer.Option(None, "--carry-toolkit", metavar="CHECKOUT",
+    carry_toolkit: Optional[Path] = typer.Option(None, "--carry-toolkit", metavar="CHECKOUT",
                                            help="Carry this Overleaf Toolkit git checkout (its code, as a git "
                                                 "bundle) so that the offline host can update its Toolkit."),
     recompress: Optional[str] = typer.Option(None, "--recompress", metavar="zstd",
@@ -101,7 +105,7 @@ def build_cmd(
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Cache and resume folder "
                                                                      "(default: OUT.partial beside OUT)."),
     keep_work: bool = typer.Option(False, "--keep-work", help="Keep the work folder (blob cache) after success."),
-    json_out: bool = _json_opt(),
+    json_out: bool = JsonOpt,
 ) -> None:
     """Fetch the plan's images from their registries (no engine needed) into a signed bundle split into parts."""
     CTX.json = CTX.json or json_out
@@ -109,16 +113,13 @@ def build_cmd(
     def go() -> None:
         from .build import DEFAULT_OFFLINE_PLATFORM, BuildOptions, Builder, format_summary, parse_duration
         from .keys import load_signing_key
-        from manifests.planner import PlanRequest
-
         try:
             part = parse_size(max_part_size)
         except ValueError as exc:
             raise UsageError(f"--max-part-size: {exc}") from None
-        request = PlanRequest(current=from_, target=to, edition=edition, git_bridge=git_bridge, tls_proxy=tls_proxy,
-                              texlive=tuple(texlive or ()), mongo=mongo, redis=redis, allow_rc=allow_rc)
+        request = plan_request(from_, to, edition, git_bridge, tls_proxy, texlive, mongo, redis, toolkit, allow_rc)
         opts = BuildOptions(request, out=out,
-            max_part_size=part, platform=platform, mirrors=tuple(mirror or ()), toolkit=toolkit,
+            max_part_size=part, platform=platform, mirrors=tuple(mirror or ()), toolkit=carry_toolkit,
             expires=parse_duration(expires), sequence=sequence, have=have, offline_python=offline_python,
             offline_platforms=tuple(offline_platform or (DEFAULT_OFFLINE_PLATFORM,)), importer=not no_importer,
             force=force, work_dir=work_dir, keep_work=keep_work, recompress=recompress, workers=workers)
@@ -143,8 +144,8 @@ def build_cmd(
 
 
 def inspect_cmd(
-    bundle: Path = typer.Argument(..., help="Bundle folder (or its manifest.json)."),
-    json_out: bool = _json_opt(),
+    bundle: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="Bundle folder (or its manifest.json)."),
+    json_out: bool = JsonOpt,
 ) -> None:
     """Show a bundle's steps, images, parts, expiry and key id (signature NOT checked)."""
     CTX.json = CTX.json or json_out

@@ -35,7 +35,9 @@ from manifests.distribution import (
 )
 from manifests.errors import AirgapError, IntegrityError, RegistryError
 
-from .registry import Mirrors, canonical, normalize
+from manifests.imageref import canonical, normalize
+
+from .registry import Mirrors
 
 CONFIG_TYPES = ("application/vnd.docker.container.image.v1+json", "application/vnd.oci.image.config.v1+json")
 LAYER_TYPES = (

@@ -18,6 +18,7 @@ from manifests.bundle import MANIFEST_NAME, SIGNATURE_NAME, BundleManifest, pars
 from manifests.console import safe
 from manifests.errors import IntegrityError
 from manifests.safeio import MANIFEST_CAP, read_regular
+from manifests.units import human_size
 
 
 @dataclass(frozen=True)
@@ -65,14 +66,6 @@ def inspect_bundle(path: Path) -> Inspection:
     return Inspection(folder, m, (folder / SIGNATURE_NAME).exists(), present)
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)  # pragma: no cover
-
-
 def render_inspect(info: Inspection) -> str:
     m = info.manifest
     product = "Server Pro" if m.edition == "pro" else "Community Edition"
@@ -88,18 +81,18 @@ def render_inspect(info: Inspection) -> str:
         L.append(f"  {s['id']:<40s} {s['description']}")
     L += ["", f"Images ({len(m.images)}):"]
     for i in m.images:
-        L.append(f"  {i.ref:<48s} {i.id[:19]}  {_human(i.size):>10s}  {len(i.diff_ids):2d} layers  {i.source}"
+        L.append(f"  {i.ref:<48s} {i.id[:19]}  {human_size(i.size):>10s}  {len(i.diff_ids):2d} layers  {i.source}"
                  + (f"  upstream {i.upstream_digest[:19]}" if i.upstream_digest else ""))
     stored = sum(b.stored_size for b in m.blobs)
     raw = sum(b.size for b in m.blobs)
-    L += ["", f"Payload: {len(m.blobs)} blobs, {_human(raw)} uncompressed, {_human(stored)} stored; "
-              f"{len(m.parts)} part(s), {_human(m.payload_size)}, at most {_human(m.max_part_size)} each"]
+    L += ["", f"Payload: {len(m.blobs)} blobs, {human_size(raw)} uncompressed, {human_size(stored)} stored; "
+              f"{len(m.parts)} part(s), {human_size(m.payload_size)}, at most {human_size(m.max_part_size)} each"]
     for p in m.parts:
-        L.append(f"  {p.name:<14s} {_human(p.size):>10s}  sha256 {p.sha256[:16]}  {info.present.get(p.name, '')}")
+        L.append(f"  {p.name:<14s} {human_size(p.size):>10s}  sha256 {p.sha256[:16]}  {info.present.get(p.name, '')}")
     if m.files:
         L += ["", f"Files ({len(m.files)}):"]
         for f in m.files:
-            L.append(f"  {f.name:<60s} {_human(f.size):>10s}  {info.present.get(f.name, '')}")
+            L.append(f"  {f.name:<60s} {human_size(f.size):>10s}  {info.present.get(f.name, '')}")
     if m.toolkit:
         L.append(f"Toolkit: commit {m.toolkit['commit']} in {m.toolkit['file']}")
     if m.delta:

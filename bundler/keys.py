@@ -4,6 +4,7 @@ Order for an encrypted key: ``--passphrase-env VAR``, then ``OVERLEAF_AIRGAP_KEY
 then a hidden prompt when stdin is a terminal; otherwise a clear error (never a hang).
 
     key = load_signing_key(Path("release.key"), passphrase_env="MY_VAR")
+    passphrase_from_env(None)     # OVERLEAF_AIRGAP_KEY_PASSPHRASE's bytes, or None
     write_new_key(Path("release.key"), passphrase_env=None, no_passphrase=False)
 """
 from __future__ import annotations
@@ -19,14 +20,20 @@ from manifests.errors import KeyError_
 from manifests.signing import PASSPHRASE_ENV, load_private_key, write_keypair
 
 
-def _from_env(var: str) -> bytes:
-    value = os.environ.get(var)
-    if value is None:
-        raise KeyError_(f"the environment variable {var} (--passphrase-env) is not set",
-                        f"Export {var} with the key's passphrase, or leave out --passphrase-env.")
-    if not value:
-        raise KeyError_(f"the environment variable {var} (--passphrase-env) is empty")
-    return value.encode("utf-8")
+def passphrase_from_env(passphrase_env: str | None) -> bytes | None:
+    """The one passphrase look-up: ``--passphrase-env VAR`` (which must be set and non-empty), else
+    ``OVERLEAF_AIRGAP_KEY_PASSPHRASE`` when set, else None (the caller may then ask at a terminal)."""
+    if passphrase_env:
+        value = os.environ.get(passphrase_env)
+        if value is None:
+            raise KeyError_(f"the environment variable {passphrase_env} (--passphrase-env) is not set",
+                            f"Export {passphrase_env} with the key's passphrase, or leave out --passphrase-env.")
+        if not value:
+            raise KeyError_(f"the environment variable {passphrase_env} (--passphrase-env) is empty",
+                            f"Put the passphrase into {passphrase_env}, or leave out --passphrase-env.")
+        return value.encode("utf-8")
+    value = os.environ.get(PASSPHRASE_ENV)
+    return value.encode("utf-8") if value is not None else None
 
 
 def _interactive() -> bool:
@@ -40,12 +47,12 @@ def new_key_passphrase(passphrase_env: str | None, no_passphrase: bool) -> bytes
     """The passphrase for ``keygen``: env, or typed twice; None only with --no-passphrase."""
     if no_passphrase:
         if passphrase_env:
-            raise KeyError_("--no-passphrase and --passphrase-env contradict each other")
+            raise KeyError_("--no-passphrase and --passphrase-env contradict each other",
+                            "Give one of them: an unencrypted key, or the variable that holds its passphrase.")
         return None
-    if passphrase_env:
-        return _from_env(passphrase_env)
-    if os.environ.get(PASSPHRASE_ENV):
-        return os.environ[PASSPHRASE_ENV].encode("utf-8")
+    passphrase = passphrase_from_env(passphrase_env)
+    if passphrase:
+        return passphrase
     if not _interactive():
         raise KeyError_("no passphrase for the new key, and stdin is not a terminal to ask for one",
                         f"Pass --passphrase-env VAR (or set {PASSPHRASE_ENV}), or --no-passphrase for an "
@@ -74,12 +81,7 @@ def load_signing_key(path: Path, passphrase_env: str | None = None) -> Ed25519Pr
     except OSError as exc:
         raise KeyError_(f"cannot read the signing key {path}: {exc.strerror}",
                         "Check the --key path (overleaf-bundle keygen makes one).") from exc
-    passphrase = None
-    if encrypted:
-        if passphrase_env:
-            passphrase = _from_env(passphrase_env)
-        elif os.environ.get(PASSPHRASE_ENV) is not None:
-            passphrase = os.environ[PASSPHRASE_ENV].encode("utf-8")
-        elif _interactive():
-            passphrase = getpass.getpass(f"Passphrase for {path}: ").encode("utf-8")
+    passphrase = passphrase_from_env(passphrase_env) if encrypted else None
+    if encrypted and passphrase is None and _interactive():
+        passphrase = getpass.getpass(f"Passphrase for {path}: ").encode("utf-8")
     return load_private_key(path, passphrase)

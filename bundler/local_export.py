@@ -45,9 +45,9 @@ from typing import Any, Callable, Iterator
 import urllib3.exceptions
 
 from manifests.atomic import atomic_write_bytes
-from manifests.errors import EngineError, RegistryError
+from manifests.errors import LocalExportError, LocalImageMissingError, ReencodeError
 
-from .recompress import (CHUNK, MAX_SMALL_BLOB, ReencodedImage, ReencodeError, StoredBlob, ZstdBlob, assemble,
+from .recompress import (CHUNK, MAX_SMALL_BLOB, ReencodedImage, StoredBlob, ZstdBlob, assemble,
                          config_diff_ids, decompressed, sniff, stored_zstd, write_zstd_blob)
 
 LocalImage = ReencodedImage
@@ -55,14 +55,6 @@ LocalImage = ReencodedImage
 
 PREFETCH_CHUNKS = 8        # read at most 8 MiB ahead of hashing and compression
 RECORD_SCHEMA = 1
-
-
-class LocalImageMissingError(RegistryError):
-    """A local-only image of the plan is not in the local engine (an image is missing: exit 21)."""
-
-
-class LocalExportError(EngineError):
-    """The engine's export is not what it should be (missing image, inconsistent archive)."""
 
 
 # --- reading the engine's stream ----------------------------------------------------------------
@@ -314,4 +306,4 @@ def export_local(client, ref: str, store_root: Path, *,
     return image
 
 
-__all__ = ["LocalExportError", "LocalImage", "StoredBlob", "export_local"]
+__all__ = ["LocalExportError", "LocalImage", "LocalImageMissingError", "StoredBlob", "export_local"]

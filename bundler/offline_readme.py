@@ -18,6 +18,7 @@ import textwrap
 from typing import Any, Sequence
 
 from manifests.bundle import MANIFEST_NAME, PUBKEY_NAME, SIGNATURE_NAME
+from manifests.units import human_size
 
 
 VENV = "~/overleaf-airgap-venv"
@@ -52,15 +53,6 @@ def commands(text: str) -> list[str]:
     return out
 
 
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
 def _wrap(text: str, indent: str = "   ") -> str:
     return textwrap.fill(text, width=78, initial_indent=indent, subsequent_indent=indent + "  ")
 
@@ -83,7 +75,7 @@ def offline_readme(*, edition: str, from_version: str, to_version: str, bundle_i
           f"  {SIGNATURE_NAME}    its Ed25519 signature (64 raw bytes)",
           f"  {PUBKEY_NAME}      the signer's public key, FOR INFORMATION ONLY:",
           "                       trust the copy you received separately, not this one",
-          f"  payload.000 ...      the images, {len(parts)} part(s), {_human(payload_size)} in all; the parts may",
+          f"  payload.000 ...      the images, {len(parts)} part(s), {human_size(payload_size)} in all; the parts may",
           "                       be spread over several discs: keep each disc's parts together"]
     if wheels:
         L.append("  wheels/              the importer (overleaf-import) and its Python dependencies")

@@ -40,19 +40,15 @@ import zstandard
 from manifests.atomic import atomic_write_bytes, fsync_dir
 from manifests.bundle import (DIGEST_RE, LAYER_TYPES, MANIFEST_TYPES, OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST,
                               BlobEntry, ImageEntry)
-from manifests.errors import IntegrityError
+from manifests.errors import ReencodeError
 
 CHUNK = 1024 * 1024
 ZSTD_LEVEL = 3
-ZSTD_JOB_SIZE = 2 * 1024 * 1024      # small multi-threaded jobs keep zstd's buffers small (see bundler/cache.py)
+ZSTD_JOB_SIZE = 2 * 1024 * 1024      # small multi-threaded jobs keep zstd's buffers small (bench/ measured it)
 MAX_SMALL_BLOB = 64 * 1024 * 1024     # a manifest or config larger than this is refused
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _OUT_LIMIT = 4 * 1024 * 1024          # decompressed bytes per step: bounds memory even for a gzip bomb
-
-
-class ReencodeError(IntegrityError):
-    """A layer's content does not match its image's config (or its own digest): nothing is kept for it."""
 
 
 # --- the blob store's paths ---------------------------------------------------------------------

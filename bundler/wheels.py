@@ -37,9 +37,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Sequence
 
-from manifests.errors import AirgapError
+from manifests.errors import UsageError, WheelError
 
-from .registry import UsageError
 
 DIST = "overleaf-airgap"
 REQUIREMENTS = "requirements.txt"
@@ -50,12 +49,6 @@ _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _SKIP_META = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json", "RECORD.jws", "RECORD.p7s"}
 _MANYLINUX = re.compile(r"^manylinux_(\d+)_(\d+)_([a-z0-9_]+)$")
 _LEGACY = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
-
-
-class WheelError(AirgapError):
-    """The importer's wheels cannot be built or downloaded."""
-
-    exit_code = 21
 
 
 def project_root() -> Path:

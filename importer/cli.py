@@ -22,7 +22,8 @@ import click
 import typer
 
 from manifests.bundle import BundleManifest, utc_now
-from manifests.errors import BundleError
+from manifests.errors import UsageError
+from manifests.units import human_size
 from manifests.console import CTX, emit_json, progress, run, safe, say, warn
 
 from . import engine as eng
@@ -49,8 +50,7 @@ BundleArg = typer.Argument(..., metavar="BUNDLE_DIR", help="The bundle folder (t
 @app.callback()
 def _global(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show causes of errors (tracebacks)."),
             json_out: bool = typer.Option(False, "--json", help="Print results as JSON on stdout.")) -> None:
-    CTX.verbose = verbose
-    CTX.json = json_out
+    CTX.reset(verbose=verbose, json=json_out)
 
 
 def _interactive() -> bool:
@@ -74,7 +74,7 @@ def _verified(bundle_dir: Path, trust: Optional[List[Path]], parts_from: Optiona
     state = HostState.load()
     for folder in parts_from or []:
         if not folder.is_dir():
-            raise BundleError(f"--parts-from {safe(folder)}: no such folder", "Check the path (is the disc mounted?).")
+            raise UsageError(f"--parts-from {safe(folder)}: no such folder", "Check the path (is the disc mounted?).")
     folders = BundleFolders(bundle_dir, parts_from or [], ask=_ask if _interactive() else None)
     bar = None
 
@@ -101,7 +101,7 @@ def _verified(bundle_dir: Path, trust: Optional[List[Path]], parts_from: Optiona
         say(f"Contents: {len(vb.manifest.files)} file(s) intact, {len(vb.manifest.parts)} part(s) found; "
             "each part is checked as it is read")
         return vb
-    say(f"Contents: {len(r.checked)} file(s), {eng.human_size(r.bytes)} checked in {r.seconds:.1f} s "
+    say(f"Contents: {len(r.checked)} file(s), {human_size(r.bytes)} checked in {r.seconds:.1f} s "
         f"({r.mb_per_s:.0f} MB/s): all intact")
     if vb.recorded:
         say(f"Recorded as the last accepted {safe(vb.manifest.product_key)} bundle in {safe(state.path)}")
@@ -143,10 +143,10 @@ def _load(vb: VerifiedBundle, replace_tags: bool):
     info = eng.preflight(client, need_bytes=plan.send_bytes)
     if plan.send_bytes and info.free_bytes is None:
         warn(f"cannot check free space: the engine's data root ({safe(info.data_root or '?')}) is not on this machine; "
-             f"loading needs about {eng.human_size(eng.SPACE_FACTOR * plan.send_bytes)} there")
+             f"loading needs about {human_size(eng.SPACE_FACTOR * plan.send_bytes)} there")
     for ref in plan.replaced:
         warn(f"{safe(ref)} will be moved to the bundle's image (--replace-tags)")
-    say(f"Engine {safe(eng.engine_name())} ({info.version}, {plan.store} image store): {len(plan.load)} image(s) to load ({eng.human_size(plan.send_bytes)} to send), "
+    say(f"Engine {safe(eng.engine_name())} ({info.version}, {plan.store} image store): {len(plan.load)} image(s) to load ({human_size(plan.send_bytes)} to send), "
         f"{len(plan.tag_only)} to tag, {len(plan.present)} already present")
     start = time.monotonic()
     bar = progress(vb.manifest.payload_size, "load") if plan.load else None

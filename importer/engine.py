@@ -16,20 +16,25 @@ supported, with either image store, read from ``/info`` (``DriverStatus``
     info = preflight(client, need_bytes=3 * 1024**3)
     info.image_store                      # "classic" or "containerd"
     host = HostImages.scan(client)
-    ("sha256:aaa...", "sha256:bbb...") in host.chains()
+    chain_ids(["sha256:aaa...", "sha256:bbb..."])[-1] in host.chains()
+    tag_image(client, "sha256:ccc...", "mongo:8.0")       # point a tag at an image (create or move)
+    stream_error({"errorDetail": {"message": "no space left"}})   # 'no space left'
 """
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Mapping
 
 import docker
 import docker.errors
 import requests.exceptions
 
 from manifests.errors import DiskSpaceError, EngineError
+from manifests.imageref import split_ref
+from manifests.receipt import HostImage, host_chain_ids
+from manifests.units import human_size
 
 MIN_API_VERSION = "1.41"   # Engine 20.10: the oldest engine this importer is tested with
 ZSTD_API_VERSION = "1.42"  # Engine 23: the first whose docker load takes zstd-compressed layer files
@@ -169,30 +174,11 @@ def preflight(client: docker.DockerClient, need_bytes: int = 0) -> EngineInfo:
     need = SPACE_FACTOR * need_bytes
     if need and info.free_bytes is not None and info.free_bytes < need:
         raise DiskSpaceError(
-            f"the engine's data root {info.data_root} has {_h(info.free_bytes)} free; loading "
-            f"{_h(need_bytes)} of image data needs about {_h(need)} ({SPACE_FACTOR}x: the engine unpacks, "
+            f"the engine's data root {info.data_root} has {human_size(info.free_bytes)} free; loading "
+            f"{human_size(need_bytes)} of image data needs about {human_size(need)} ({SPACE_FACTOR}x: the engine unpacks, "
             "then registers)",
-            f"Free at least {_h(need - info.free_bytes)} there (e.g. `docker image prune`), then run again.")
+            f"Free at least {human_size(need - info.free_bytes)} there (e.g. `docker image prune`), then run again.")
     return info
-
-
-def _h(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
-
-
-human_size = _h
-
-
-@dataclass
-class HostImage:
-    id: str                    # classic: config digest; containerd: manifest (or index) digest
-    tags: list[str]
-    diff_ids: list[str]
-    repo_digests: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -214,22 +200,13 @@ class HostImages:
                 tags = [t for t in (data.get("RepoTags") or []) if t != "<none>:<none>"]
                 layers = [str(x) for x in (data.get("RootFS") or {}).get("Layers") or []]
                 digests = sorted(str(x) for x in data.get("RepoDigests") or [])
-                out.images[data["Id"]] = HostImage(data["Id"], sorted(tags), layers, digests)
+                out.images[data["Id"]] = HostImage(data["Id"], tuple(sorted(tags)), tuple(layers), tuple(digests))
         return out
 
-    def chains(self) -> set[tuple[str, ...]]:
-        """Every diff_id chain some image here has: what a docker-archive (classic) or an OCI layout
-        (containerd: the unpacked snapshots) may leave out."""
-        return chain_prefixes(img.diff_ids for img in self.images.values())
-
-
-def chain_prefixes(layer_lists: Iterable[Sequence[str]]) -> set[tuple[str, ...]]:
-    """Every prefix of every layer list: the layer chains (ChainIDs) an engine holds."""
-    out: set[tuple[str, ...]] = set()
-    for layers in layer_lists:
-        for k in range(1, len(layers) + 1):
-            out.add(tuple(layers[:k]))
-    return out
+    def chains(self) -> set[str]:
+        """The ChainID of every layer chain some image here has: what a docker-archive (classic) or an OCI
+        layout (containerd: the unpacked snapshots) may leave out (:func:`manifests.receipt.chain_ids`)."""
+        return host_chain_ids(img.diff_ids for img in self.images.values())
 
 
 def inspect(client: docker.DockerClient, ref: str) -> dict[str, Any] | None:
@@ -247,7 +224,28 @@ def image_id(client: docker.DockerClient, ref: str) -> str | None:
     return str(data["Id"]) if data is not None else None
 
 
-def split_ref(ref: str) -> tuple[str, str]:
-    """``"host:5000/a/b:tag"`` -> ``("host:5000/a/b", "tag")`` (references are always name:tag here)."""
-    repo, _, tag = ref.rpartition(":")
-    return repo, tag
+def tag_image(client: docker.DockerClient, image: str, ref: str) -> None:
+    """Point the tag ``ref`` at ``image`` (an ID or another reference), creating or moving it: the one retag."""
+    repo, tag = split_ref(ref)
+    with engine_errors(f"tag {ref}"):
+        client.api.tag(image, repo, tag, force=True)
+
+
+def stream_error(item: Mapping[str, Any]) -> str | None:
+    """The error text of one status item of a Docker progress stream (load, push, pull, build), or None.
+
+    Docker reports failures inside a 200 response: ``{"errorDetail": {"message": ...}, "error": ...}``;
+    ``docker load`` also prints ``Error unpacking ...`` / ``Error processing ...`` as plain stream lines.
+    """
+    if "errorDetail" in item or "error" in item:
+        detail = item.get("errorDetail")
+        text = detail.get("message") if isinstance(detail, Mapping) else detail
+        return str(text or item.get("error") or "unknown error")
+    line = str(item.get("stream") or item.get("status") or "").strip()
+    if "Error unpacking" in line or line.lower().startswith("error"):
+        return line
+    return None
+
+
+__all__ = ["EngineInfo", "HostImage", "HostImages", "connect", "engine_info", "human_size", "image_id", "inspect",
+           "preflight", "split_ref", "stream_error", "tag_image"]

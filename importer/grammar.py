@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from manifests.errors import ManifestFormatError, ToolkitError
+from manifests.errors import ConfigValueError, ManifestFormatError
 
 VERSION_RE = re.compile(r"^\d{1,4}\.\d{1,4}\.\d{1,4}(?:-RC\d{1,4})?(?:-with-texlive-full)?$")
 SERIES_RE = re.compile(r"^\d{1,3}\.\d{1,3}$")
@@ -27,10 +27,6 @@ BOOL_RE = re.compile(r"^(?:true|false)$")
 SECRET_RE = re.compile(r"^[A-Za-z0-9+/=_-]{16,256}$")      # base64 / base64url, as `openssl rand -base64 32`
 LEVEL_RE = re.compile(r"^[0-2]$")
 STEP_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-
-
-class ConfigValueError(ToolkitError):
-    """A value the importer was about to write into the Toolkit's config breaks its grammar."""
 
 
 def _m(rx: re.Pattern[str]) -> Callable[[str], bool]:

@@ -54,11 +54,14 @@ import requests.exceptions
 import zstandard
 
 from manifests.bundle import LAYER_TYPES, OCI_INDEX, BlobEntry, BundleManifest, ImageEntry
-from manifests.errors import AirgapError, BundleError, EngineError, IntegrityError, TagConflictError
-from manifests.payload import PayloadFormatError, SegmentReader, iter_members
+from manifests.errors import (AirgapError, BundleError, EngineError, IntegrityError, PayloadFormatError,
+                              TagConflictError)
+from manifests.imageref import normalize, split_ref
+from manifests.payload import SegmentReader, iter_members
+from manifests.receipt import chain_ids
 
-from .engine import (EngineInfo, HostImages, down_error, engine_errors, engine_info, engine_name, image_id, inspect,
-                     split_ref)
+from .engine import (EngineInfo, HostImages, down_error, engine_info, engine_name, image_id, inspect, stream_error,
+                     tag_image)
 from .verify import VerifiedBundle
 
 CHUNK = 1024 * 1024
@@ -99,8 +102,7 @@ def pinned_ids(manifest: BundleManifest, store: str) -> dict[str, str]:
     return {img.ref: img.expected_id(store) for img in manifest.images}
 
 
-def missing_omitted(manifest: BundleManifest, images: list[ImageEntry], chains: set[tuple[str, ...]]
-                    ) -> list[tuple[str, str]]:
+def missing_omitted(manifest: BundleManifest, images: list[ImageEntry], chains: set[str]) -> list[tuple[str, str]]:
     """(ref, layer digest) for every layer a delta bundle omitted whose diff_id chain this host lacks.
 
     Both stores: the classic store keeps layers by chain; the containerd store needs the unpacked
@@ -109,13 +111,13 @@ def missing_omitted(manifest: BundleManifest, images: list[ImageEntry], chains: 
     carried = manifest.blob_map
     missing = []
     for img in images:
-        for k, layer in enumerate(img.layers):
-            if layer not in carried and tuple(img.diff_ids[:k + 1]) not in chains:
+        for layer, chain in zip(img.layers, chain_ids(img.diff_ids)):
+            if layer not in carried and chain not in chains:
                 missing.append((img.ref, layer))
     return missing
 
 
-def blobs_to_send(manifest: BundleManifest, images: list[ImageEntry], chains: set[tuple[str, ...]],
+def blobs_to_send(manifest: BundleManifest, images: list[ImageEntry], chains: set[str],
                   store: str = "classic") -> dict[str, BlobEntry]:
     """What goes into the archive for ``images``.
 
@@ -129,8 +131,8 @@ def blobs_to_send(manifest: BundleManifest, images: list[ImageEntry], chains: se
         if store == "containerd":
             want = [img.manifest_digest, img.id] + [d for d in img.layers if d in blob_map]
         else:
-            want += [d for k, d in enumerate(img.layers)
-                     if d in blob_map and tuple(img.diff_ids[:k + 1]) not in chains]
+            want += [d for d, chain in zip(img.layers, chain_ids(img.diff_ids))
+                     if d in blob_map and chain not in chains]
         for digest in want:
             blob = blob_map.get(digest)
             if blob is None:
@@ -179,12 +181,7 @@ def plan_load(client: docker.DockerClient, manifest: BundleManifest, *, replace_
 # --- the archives ---------------------------------------------------------------------------------
 def qualified_name(ref: str) -> str:
     """``redis:7.4`` -> ``docker.io/library/redis:7.4``; ``quay.io/a/b:1`` stays (Docker's normalisation)."""
-    first, _, rest = ref.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        return ref
-    if not rest:
-        return f"docker.io/library/{ref}"
-    return f"docker.io/{ref}"
+    return normalize(ref).full
 
 
 def docker_archive_manifest(images: list[ImageEntry]) -> bytes:
@@ -500,16 +497,13 @@ def stream_load(client: docker.DockerClient, vb: VerifiedBundle, plan: LoadPlan,
         for item in stream:
             if not isinstance(item, dict):
                 continue
-            if "errorDetail" in item or "error" in item:
-                detail = item.get("errorDetail")
-                errors.append(str((detail or {}).get("message") if isinstance(detail, dict) else detail or "")
-                              or str(item.get("error")))
+            problem = stream_error(item)
+            if problem is not None:
+                errors.append(problem)
                 continue
             text = str(item.get("stream") or item.get("status") or "").strip()
             if text:
                 messages.append(text)
-                if "Error unpacking" in text or text.lower().startswith("error"):
-                    errors.append(text)
     except _Aborted:
         pass
     except docker.errors.APIError as exc:
@@ -562,8 +556,7 @@ def rollback(client: docker.DockerClient, plan: LoadPlan) -> list[str]:
             if before is None:
                 client.api.remove_image(ref, noprune=True)
             else:
-                repo, tag = split_ref(ref)
-                client.api.tag(before, repo, tag, force=True)
+                tag_image(client, before, ref)
         except docker.errors.NotFound:
             continue
         except (AirgapError, docker.errors.DockerException, requests.exceptions.RequestException) as exc:
@@ -592,14 +585,12 @@ def execute(client: docker.DockerClient, vb: VerifiedBundle, plan: LoadPlan,
             result.messages = stream_load(client, vb, plan, on_bytes)
             result.sent_bytes = plan.send_bytes
         for img in plan.tag_only:
-            repo, tag = split_ref(img.ref)
-            with engine_errors(f"tag {img.ref}"):
-                client.api.tag(plan.expected(img), repo, tag, force=True)
+            tag_image(client, plan.expected(img), img.ref)
         check_pinned(client, plan.load + plan.tag_only, plan.store)
     except BaseException as exc:
         problems = rollback(client, plan)
         if problems and isinstance(exc, AirgapError):
-            exc.hint = (exc.hint + " " if exc.hint else "") + (
-                "Undoing this run's changes failed for: " + "; ".join(problems) + " - check these by hand.")
+            raise exc.with_hint("Undoing this run's changes failed for: " + "; ".join(problems)
+                                + " - check these by hand.") from exc
         raise
     return result

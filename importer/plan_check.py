@@ -25,14 +25,10 @@ from typing import Any
 
 from manifests.bundle import BundleManifest, canonical_json
 from manifests.catalog import Catalog, catalog_with_overlay, load_catalog
-from manifests.errors import CatalogError, ManifestFormatError, PlanError
+from manifests.errors import CatalogError, PlanError, PlanMismatchError
 from manifests.planner import PlanRequest, UpgradePlan, make_plan
 
 TEXLIVE_SUFFIX = "-with-texlive-full"
-
-
-class PlanMismatchError(ManifestFormatError):
-    """The bundle's signed plan is not the plan this importer makes (exit code 10)."""
 
 
 def own_version() -> str:

@@ -45,7 +45,8 @@ import zstandard
 
 from manifests.bundle import BlobEntry, BundleManifest
 from manifests.distribution import RegistryClient, is_loopback
-from manifests.errors import AirgapError, IntegrityError, RegistryError
+from manifests.errors import IntegrityError, MissingLayersError, RegistryAddressError, RegistryError
+from manifests.imageref import normalize, split_ref
 from manifests.payload import SegmentReader, iter_members
 
 CHUNK = 1024 * 1024
@@ -54,16 +55,6 @@ MANIFEST_LIMIT = 4 * 1024 * 1024
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _HOST_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*(?::([0-9]{{1,5}}))?$")
 _PATH_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-
-
-class RegistryAddressError(AirgapError):
-    """``--registry`` is not HOST[:PORT][/PREFIX] (a usage error)."""
-
-    exit_code = 2
-
-
-class MissingLayersError(RegistryError):
-    """A delta bundle left out layers that the target registry does not have."""
 
 
 # --- the registry address ------------------------------------------------------------------------
@@ -106,23 +97,10 @@ def check_registry(address: str) -> str:
     return parse_registry(address).address
 
 
-def split_ref(ref: str) -> tuple[str, str]:
-    """``"host:5000/a/b:tag"`` -> ``("host:5000/a/b", "tag")`` (references are always name:tag here)."""
-    repo, _, tag = ref.rpartition(":")
-    return repo, tag
-
-
 def repository_path(ref: str) -> tuple[str, str]:
     """``(path, tag)`` of a reference without its registry host (and without Docker Hub's ``library/``)."""
-    name, tag = split_ref(ref)
-    first, slash, rest = name.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        domain, path = first, rest
-    else:
-        domain, path = "docker.io", name
-    if domain in ("docker.io", "index.docker.io") and path.startswith("library/"):
-        path = path[len("library/"):]
-    return path, tag
+    n = normalize(ref)
+    return n.hub_path, n.tag
 
 
 def registry_names(refs: Iterable[str], registry: str) -> dict[str, str]:
@@ -457,3 +435,6 @@ def _read_manifest(member, blob: BlobEntry) -> bytes:
     stream.finish()
     return data
 
+
+__all__ = ["MissingLayersError", "PushResult", "RegistryAddressError", "RegistryTarget", "check_registry",
+           "overleaf_rc", "parse_registry", "push_bundle", "registry_names", "repository_path"]

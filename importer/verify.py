@@ -356,10 +356,9 @@ def integrity_error(report: CheckReport) -> IntegrityError:
     if any(p.kind == "missing" for p in report.problems):
         hints.append("parts on another disc: pass its folder with --parts-from (or run in a terminal to be asked)")
     hint = "; ".join(hints)
-    err = IntegrityError(f"the bundle has {n} problem{'s' if n != 1 else ''}:\n" + "\n".join(lines),
-                         hint[:1].upper() + hint[1:] + ".")
-    err.details = {"problems": [p.to_dict() for p in report.problems]}  # type: ignore[attr-defined]
-    return err
+    return IntegrityError(f"the bundle has {n} problem{'s' if n != 1 else ''}:\n" + "\n".join(lines),
+                          hint[:1].upper() + hint[1:] + ".",
+                          details={"problems": [p.to_dict() for p in report.problems]})
 
 
 def read_signed_manifest(bundle_dir: Path) -> tuple[bytes, bytes | None]:

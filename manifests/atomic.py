@@ -1,4 +1,10 @@
-"""Crash-safe file writes: temp file in the same folder, fsync, rename, fsync the folder."""
+"""Crash-safe file writes: temp file in the same folder, fsync, rename, fsync the folder.
+
+A crash leaves either the old file or the new one, never half of one.
+
+    atomic_write_bytes(Path("state.json"), data, mode=0o600)
+    fsync_dir(Path("bundle"))          # after renaming entries inside a folder
+"""
 from __future__ import annotations
 
 import os

@@ -52,6 +52,7 @@ from typing import Any
 
 from .errors import ManifestFormatError, PlanError
 from .planner import UpgradePlan, check_image_ref
+from .safeio import loads_json
 
 FORMAT = "overleaf-airgap-bundle"
 SCHEMA = 2
@@ -114,21 +115,6 @@ def parse_iso(text: str) -> datetime:
 
 def canonical_json(obj: Any) -> bytes:
     return (json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def strict_json(data: bytes, what: str) -> Any:
-    """Parse JSON from an untrusted file: UTF-8, no NaN/Infinity, no integers over 19 digits."""
-    def no_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not allowed")
-
-    def bounded_int(text: str) -> int:
-        if len(text.lstrip("-")) > 19:
-            raise ValueError("an integer has too many digits")
-        return int(text)
-    try:
-        return json.loads(data.decode("utf-8"), parse_constant=no_constant, parse_int=bounded_int)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ManifestFormatError(f"{what} is not valid JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 @dataclass(frozen=True)
@@ -263,7 +249,7 @@ class BundleManifest:
     def from_bytes(cls, data: bytes) -> "BundleManifest":
         if len(data) > MANIFEST_MAX_BYTES:
             raise ManifestFormatError(f"manifest.json is {len(data)} bytes, over the limit of {MANIFEST_MAX_BYTES}")
-        return cls.from_dict(strict_json(data, "manifest.json"))
+        return cls.from_dict(loads_json(data, "manifest.json", ManifestFormatError))
 
     @classmethod
     def from_dict(cls, d: Any) -> "BundleManifest":

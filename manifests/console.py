@@ -23,7 +23,7 @@ import sys
 import traceback
 from typing import Any, Callable
 
-from .errors import AirgapError
+from .errors import AirgapError, DiskSpaceError, Interrupted
 
 
 # C0 controls, DEL, C1 controls (0x9b is a one-byte CSI), and the Unicode bidi overrides/isolates
@@ -61,12 +61,19 @@ class Ctx:
 
     verbose: bool = False
     json: bool = False
+    emitted: int = 0      # JSON documents written on stdout in this run: one at the most
+
+    def reset(self, *, verbose: bool = False, json: bool = False) -> None:
+        """Start of a command-line run (the Typer callback): the global options, nothing emitted yet."""
+        self.verbose, self.json, self.emitted = verbose, json, 0
 
 
 CTX = Ctx()
 
 
 def emit_json(obj: Any) -> None:
+    """Write the run's JSON document on stdout (a failure after it adds no second one: see :func:`run`)."""
+    CTX.emitted += 1
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
     sys.stdout.flush()
 
@@ -81,40 +88,43 @@ def warn(msg: str) -> None:
 
 
 def run(fn: Callable[[], Any]) -> Any:
+    """Call ``fn``; turn every failure into its message, hint and exit code (see :mod:`manifests.errors`)."""
     try:
         return fn()
     except AirgapError as err:
-        _fail(err.message, err.hint, err.exit_code, err)
+        _fail(err, err)
     except KeyboardInterrupt as err:
-        _fail("interrupted", "Run the same command again to continue (an upgrade: add --resume).", 130, err)
+        _fail(Interrupted("interrupted", "Run the same command again to continue (an upgrade: add --resume)."), err)
     except OSError as err:
-        import errno as _errno
-        if err.errno is None:  # e.g. an HTTP error from the engine API (requests raises OSError subclasses)
-            _fail(f"unexpected error: {type(err).__name__}: {safe(err)}",
-                  "Run again with --verbose and report the output.", 1, err)
-        if err.errno == _errno.ENOSPC:
-            _fail(f"no space left on the device: {err.filename or ''}".rstrip(),
-                  "Free space (or choose another folder) and run the same command again.", 22, err)
-        _fail(f"{err.strerror or err}: {err.filename or ''}".rstrip(": "),
-              "Check the path and its permissions.", 1, err)
+        _fail(_os_error(err), err)
     except Exception as err:  # noqa: BLE001 - last resort: never a bare traceback
-        _fail(f"unexpected error: {type(err).__name__}: {safe(err)}",
-              "Run again with --verbose and report the output.", 1, err)
+        _fail(AirgapError(f"unexpected error: {type(err).__name__}: {safe(err)}",
+                          "Run again with --verbose and report the output."), err)
 
 
-def _fail(message: str, hint: str, code: int, err: BaseException) -> None:
-    print(f"error: {safe_lines(message)}", file=sys.stderr)
-    if hint:
-        print(f"  -> {safe_lines(hint)}", file=sys.stderr)
+def _os_error(err: OSError) -> AirgapError:
+    """An OSError nobody expected, as the error that explains it (no space: 22; else 1)."""
+    import errno as _errno
+
+    if err.errno is None:  # e.g. an HTTP error from the engine API (requests raises OSError subclasses)
+        return AirgapError(f"unexpected error: {type(err).__name__}: {safe(err)}",
+                           "Run again with --verbose and report the output.")
+    if err.errno == _errno.ENOSPC:
+        return DiskSpaceError(f"no space left on the device: {err.filename or ''}".rstrip(),
+                              "Free space (or choose another folder) and run the same command again.")
+    return AirgapError(f"{err.strerror or err}: {err.filename or ''}".rstrip(": "), "Check the path and its permissions.")
+
+
+def _fail(err: AirgapError, cause: BaseException) -> None:
+    print(safe_lines(err.diagnostics()), file=sys.stderr)
     if CTX.verbose:
-        traceback.print_exception(err, file=sys.stderr)
-    elif not isinstance(err, AirgapError):
+        traceback.print_exception(cause, file=sys.stderr)
+    elif cause is not err:
         print("  (--verbose shows the cause)", file=sys.stderr)
-    if CTX.json:
-        details = getattr(err, "details", None)  # e.g. the list of bad files, for scripts
-        emit_json({"error": message, "hint": hint, "exit_code": code, **(details if isinstance(details, dict) else {})})
+    if CTX.json and not CTX.emitted:   # one JSON document per run: a result already out stays the only one
+        emit_json(err.to_dict())
     sys.stderr.flush()
-    raise SystemExit(code)
+    raise SystemExit(err.exit_code)
 
 
 def progress(total: int | None, desc: str, unit: str = "B", **kw: Any):

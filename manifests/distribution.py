@@ -21,7 +21,8 @@ Authentication follows what ``docker pull`` does: the anonymous bearer-token flo
 of ``docker login`` (the Docker config file: ``auths``, ``credsStore``,
 ``credHelpers``). Every expected failure raises a :class:`RegistryError` subclass
 (or :class:`BlobDigestError` for bytes that do not match their digest) whose message
-names the registry and whose hint says what to do.
+names the registry and whose hint says what to do (the classes live in
+:mod:`manifests.errors`; they are importable from here too).
 """
 from __future__ import annotations
 
@@ -44,7 +45,10 @@ import requests.adapters
 import requests.auth
 
 from .atomic import fsync_dir
-from .errors import IntegrityError, RegistryError
+from .errors import (BlobDigestError, CredentialsError, PlatformNotFoundError, RegistryAuthError, RegistryError,
+                     RegistryNotFoundError, RegistryRateLimitError, RegistryUnreachableError,
+                     UnsupportedManifestError)
+from .imageref import DOCKER_HUB, HUB_ALIASES as _HUB_ALIASES
 
 USER_AGENT = "overleaf-airgap (registry client)"
 DEFAULT_TIMEOUT = 60.0          # seconds without data before a request fails
@@ -62,46 +66,11 @@ IMAGE_MANIFEST_TYPES = (DOCKER_MANIFEST, OCI_MANIFEST)
 INDEX_TYPES = (DOCKER_MANIFEST_LIST, OCI_INDEX)
 ALL_MANIFEST_TYPES = (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX)
 
-DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"   # where `docker login` keeps Hub credentials
-_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 
 _DIGEST_RE = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
 _HOST_RE = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)(?::[0-9]{1,5})?$")
-
-
-# --- errors ---------------------------------------------------------------------------------
-class RegistryAuthError(RegistryError):
-    """The registry (or its token service) refused access: anonymous, or with the stored login."""
-
-
-class RegistryUnreachableError(RegistryError):
-    """No answer: DNS, refused connection, TLS failure, timeout, or a dropped download."""
-
-
-class RegistryNotFoundError(RegistryError):
-    """The registry has no such repository, tag, manifest or blob."""
-
-
-class RegistryRateLimitError(RegistryError):
-    """HTTP 429: the registry refuses more requests for now."""
-
-
-class PlatformNotFoundError(RegistryError):
-    """An image index has no entry for the requested platform (the message lists those it has)."""
-
-
-class UnsupportedManifestError(RegistryError):
-    """A manifest kind this tool does not carry (schema 1, artifacts, nested indexes...)."""
-
-
-class CredentialsError(RegistryError):
-    """The Docker config file or a credential helper cannot be used."""
-
-
-class BlobDigestError(IntegrityError):
-    """Bytes received from (or refused by) a registry do not match their digest."""
 
 
 # --- digests --------------------------------------------------------------------------------
@@ -1038,3 +1007,4 @@ def _unsupported(name: str, media_type: str) -> UnsupportedManifestError:
             "Use a newer tag, or pull and push the image again with a current Docker so the registry holds schema 2.")
     return UnsupportedManifestError(f"{name} is not a container image (media type {media_type or 'unknown'})",
                                     "Check the reference: only Docker schema 2 and OCI images and indexes are supported.")
+

@@ -35,7 +35,8 @@ from typing import Callable, Iterator, Sequence
 
 from .atomic import fsync_dir
 from .bundle import BLOB_PATH_RE, DEFAULT_SEGMENT_SIZE, PAYLOAD_PREFIX, PartRef
-from .errors import BundleError, IntegrityError
+from .errors import BundleError, IntegrityError, PayloadFormatError
+from .safeio import open_regular
 
 BLOCK = 512
 USTAR_OCTAL_MAX = 8**11 - 1     # largest size the 11 octal digits of a ustar size field hold
@@ -83,10 +84,6 @@ def padding(size: int) -> bytes:
 
 
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
-
-
-class PayloadFormatError(IntegrityError):
-    """The payload holds something the builder never writes (after its bytes verified: a bad signer)."""
 
 
 def _parse_octal(field: bytes, what: str) -> int:
@@ -266,25 +263,10 @@ class PartWriter(io.RawIOBase):
 
 
 # --- reading parts, one verified segment at a time ---------------------------------------------
-def open_regular(path: Path, what: str):
-    """Open ``path`` for reading only if it is a regular file (never blocks on a FIFO or device)."""
-    import stat  # noqa: PLC0415
-
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise IntegrityError(f"{what} cannot be read ({path}): {exc.strerror}",
-                             "Put it beside the manifest, or pass its folder with --parts-from.") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise IntegrityError(f"{what} ({path}) is not a regular file", "Copy the real file from the original media.")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb", buffering=0)
-
-
 def _open_part(path: Path, ref: PartRef):
-    return open_regular(path, f"part {ref.name}")
+    return open_regular(path, f"part {ref.name}", IntegrityError,
+                        "Put it beside the manifest, or pass its folder with --parts-from; copy the real file "
+                        "from the original media.")
 
 
 def _bad_part(ref: PartRef, what: str) -> IntegrityError:

@@ -2,7 +2,7 @@
 
 Every small file the tools read from a bundle or from the host (``manifest.json``,
 its signature, trusted ``.pub`` keys, the state file, receipts, the journal,
-``backup.json``) goes through :func:`read_regular`:
+``backup.json``) goes through :func:`read_regular` (large ones, payload parts, through :func:`open_regular`):
 
 * the file is opened with ``O_NONBLOCK`` (a FIFO planted in its place cannot hang
   the open) and, for files inside an untrusted folder, ``O_NOFOLLOW`` (the name
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AirgapError, IntegrityError
+from .units import human_size
 
 KiB, MiB = 1024, 1024 * 1024
 MANIFEST_CAP = 64 * MiB       # a format-2 manifest of a 100 GB bundle is a few MiB
@@ -50,10 +51,6 @@ _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (s
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symbolic link"))
 
 
-def _human(n: int) -> str:
-    return f"{n // MiB} MiB" if n >= MiB and n % MiB == 0 else (f"{n // KiB} KiB" if n % KiB == 0 else f"{n} bytes")
-
-
 def kind_of(mode: int) -> str:
     """``a FIFO (named pipe)``, ``a folder``... for a ``st_mode`` that is not a regular file."""
     for test, name in _KINDS:
@@ -62,16 +59,8 @@ def kind_of(mode: int) -> str:
     return "not a regular file"
 
 
-def read_regular(path: Path | str, cap: int, what: str, error: type[AirgapError] = IntegrityError, *,
-                 follow_symlinks: bool = False, hint: str = "") -> bytes:
-    """The bytes of the regular file ``path``, at most ``cap`` of them.
-
-    ``what`` names the file in messages ("the manifest", "the trusted key"). ``error`` is
-    the exception class raised for a non-regular, oversized or unreadable file.
-    ``follow_symlinks=False`` refuses a symbolic link as the last component of ``path``.
-    Raises :class:`FileNotFoundError` when the file does not exist.
-    """
-    path = Path(path)
+def _open_checked(path: Path, what: str, error: type[AirgapError], follow_symlinks: bool, hint: str) -> int:
+    """A non-blocking descriptor of the regular file ``path``; ``error`` for anything else."""
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
     if not follow_symlinks:
         flags |= getattr(os, "O_NOFOLLOW", 0)
@@ -87,11 +76,46 @@ def read_regular(path: Path | str, cap: int, what: str, error: type[AirgapError]
         raise error(f"cannot read {what} {path}: {reason}", hint or "Check the path and its permissions.") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise error(f"{what} {path} is {kind_of(st.st_mode)}, not a regular file: refused",
-                        hint or "Replace it with the real file.")
+    except OSError as exc:
+        os.close(fd)
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}", hint or "Check the path.") from None
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise error(f"{what} {path} is {kind_of(st.st_mode)}, not a regular file: refused",
+                    hint or "Replace it with the real file.")
+    return fd
+
+
+def open_regular(path: Path | str, what: str, error: type[AirgapError] = IntegrityError, hint: str = "", *,
+                 follow_symlinks: bool = True):
+    """``path`` opened for streaming reads (unbuffered, blocking) only if it is a regular file.
+
+    For large files read in pieces (payload parts); small files go through :func:`read_regular`.
+    A missing file raises ``error`` too (a part that is not there is a problem of the bundle).
+    """
+    try:
+        fd = _open_checked(Path(path), what, error, follow_symlinks, hint)
+    except FileNotFoundError:
+        raise error(f"{what} cannot be read ({path}): no such file", hint) from None
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb", buffering=0)
+
+
+def read_regular(path: Path | str, cap: int, what: str, error: type[AirgapError] = IntegrityError, *,
+                 follow_symlinks: bool = False, hint: str = "") -> bytes:
+    """The bytes of the regular file ``path``, at most ``cap`` of them.
+
+    ``what`` names the file in messages ("the manifest", "the trusted key"). ``error`` is
+    the exception class raised for a non-regular, oversized or unreadable file.
+    ``follow_symlinks=False`` refuses a symbolic link as the last component of ``path``.
+    Raises :class:`FileNotFoundError` when the file does not exist.
+    """
+    path = Path(path)
+    fd = _open_checked(path, what, error, follow_symlinks, hint)
+    try:
+        st = os.fstat(fd)
         if st.st_size > cap:
-            raise error(f"{what} {path} is {st.st_size} bytes, more than the {_human(cap)} allowed: refused "
+            raise error(f"{what} {path} is {st.st_size} bytes, more than the {human_size(cap)} allowed: refused "
                         "without reading it", hint or "It is not the file this tool wrote; use the original.")
         chunks: list[bytes] = []
         total = 0
@@ -105,7 +129,7 @@ def read_regular(path: Path | str, cap: int, what: str, error: type[AirgapError]
             chunks.append(chunk)
             total += len(chunk)
             if total > cap:
-                raise error(f"{what} {path} grew past the {_human(cap)} allowed while it was read: refused",
+                raise error(f"{what} {path} grew past the {human_size(cap)} allowed while it was read: refused",
                             hint or "Make sure nothing writes to it, then try again.")
         return b"".join(chunks)
     except OSError as exc:

@@ -11,7 +11,6 @@ The key id is ``ed25519:`` + the first 32 hex digits of sha256 over the raw 32-b
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -51,6 +50,7 @@ def write_keypair(out: Path, passphrase: bytes | None) -> tuple[Path, Path, str]
 
 
 def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519PrivateKey:
+    """The Ed25519 key in ``path``; an encrypted one needs ``passphrase`` (see ``bundler.keys`` for where from)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -59,11 +59,8 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519Priv
                         "Check the --key path (overleaf-bundle keygen makes one).") from exc
     encrypted = b"ENCRYPTED" in data
     if encrypted and passphrase is None:
-        env = os.environ.get(PASSPHRASE_ENV)
-        passphrase = env.encode() if env is not None else None
-        if passphrase is None:
-            raise KeyError_(f"the signing key {path} is encrypted and no passphrase was given",
-                            f"Run interactively to be asked, or set {PASSPHRASE_ENV}.")
+        raise KeyError_(f"the signing key {path} is encrypted and no passphrase was given",
+                        f"Run interactively to be asked, or set {PASSPHRASE_ENV} (or --passphrase-env VAR).")
     try:
         key = serialization.load_pem_private_key(data, password=passphrase if encrypted else None)
     except (ValueError, TypeError) as exc:

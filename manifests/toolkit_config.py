@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ToolkitError
+from .imageref import split_tag
 
 _LINE_RE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 
@@ -34,15 +35,6 @@ def parse_env_text(text: str) -> dict[str, str]:
             parts = [raw.strip("'\"")]
         out[m.group(1)] = " ".join(parts) if parts else ""
     return out
-
-
-def _split_image(ref: str) -> tuple[str, str | None]:
-    """``mongo:4.4`` -> ('mongo', '4.4'); ``host:5000/mongo`` -> ('host:5000/mongo', None)."""
-    last = ref.rsplit("/", 1)[-1]
-    if ":" in last:
-        name, tag = ref.rsplit(":", 1)
-        return name, tag
-    return ref, None
 
 
 def _series(tag: str | None) -> str | None:
@@ -107,10 +99,10 @@ def read_toolkit(root: Path) -> ToolkitConfig:
     env_file = root / "config" / "variables.env"
     env = parse_env_text(env_file.read_text("utf-8")) if env_file.is_file() else {}
     edition = "pro" if _true(rc.get("SERVER_PRO")) else "ce"
-    mongo_name, mongo_tag = _split_image(rc.get("MONGO_IMAGE", "mongo"))
+    mongo_name, mongo_tag = split_tag(rc.get("MONGO_IMAGE", "mongo"))
     legacy = mongo_tag is not None and "MONGO_VERSION" not in rc
     mongo_version = _series(rc.get("MONGO_VERSION") or mongo_tag)
-    redis_name, redis_tag = _split_image(rc.get("REDIS_IMAGE", "redis"))
+    redis_name, redis_tag = split_tag(rc.get("REDIS_IMAGE", "redis"))
     texlive: tuple[str, ...] = ()
     if edition == "pro" and _true(rc.get("SIBLING_CONTAINERS_ENABLED")):
         items = [t.strip() for t in env.get("ALL_TEX_LIVE_DOCKER_IMAGES", "").split(",") if t.strip()]

@@ -12,11 +12,18 @@ store, whose ``env()`` offers Compose v2 (``docker compose``);
 ``each_offline_engine`` runs a test once on each offline kind (ids ``classic``
 and ``containerd``). ``engine.env(compose="v1")`` gives Compose v1 where the
 machine has it (Debian 12).
+
+Every test runs isolated from this machine's own files (:func:`isolated_host`, autouse):
+the catalog overlay, the importer's state file and trust folder, ``HOME``, the XDG config
+folder and the Docker client config all point into a fresh temporary folder, and the
+key passphrase variable is unset. Subprocesses inherit that environment. So no test reads
+(or writes) the user's real overlay, accepted-bundle state, trusted keys or logins.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +38,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.engine)
+
+
+HOST_ENV = ("OVERLEAF_AIRGAP_CATALOG_OVERLAY", "OVERLEAF_AIRGAP_STATE", "OVERLEAF_AIRGAP_TRUST_DIR", "HOME",
+            "XDG_CONFIG_HOME", "DOCKER_CONFIG")
+
+
+@pytest.fixture(autouse=True)
+def isolated_host(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point every host path the tools read at a fresh folder (see the module docstring); returns it."""
+    root = tmp_path_factory.mktemp("host")
+    paths = {
+        "OVERLEAF_AIRGAP_CATALOG_OVERLAY": root / "config" / "overleaf-airgap" / "catalog-overlay.yaml",
+        "OVERLEAF_AIRGAP_STATE": root / "state" / "state.json",
+        "OVERLEAF_AIRGAP_TRUST_DIR": root / "trusted.d",
+        "HOME": root / "home",
+        "XDG_CONFIG_HOME": root / "config",
+        "DOCKER_CONFIG": root / "home" / ".docker",
+    }
+    for name in ("home", "config", "trusted.d"):
+        (root / name).mkdir()
+    for name, path in paths.items():
+        monkeypatch.setenv(name, str(path))
+    monkeypatch.delenv("OVERLEAF_AIRGAP_KEY_PASSPHRASE", raising=False)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,16 @@
 """The whole story on a built-in demo, with no internet (README: `bash tests/demo.sh`).
 
-Online host (a private dockerd) with a private registry standing in for Docker Hub:
-synthetic Overleaf CE, MongoDB and Redis images for 3.5.10 -> 6.2.2 are pushed to the
-registry under mirror names; `overleaf-bundle` plans, builds a signed bundle from the
-registry (--mirror) and splits it into 8 MiB parts. The parts are "burned" onto two
-"discs" (folders). Offline host (a second private dockerd) runs a Toolkit stand-in at
-3.5.10: `overleaf-import` verifies the discs, loads the images and walks the Toolkit
-through every step, pausing once for the binary-files check, then resumes to 6.2.2.
+A private registry stands in for Docker Hub: synthetic Overleaf CE, MongoDB and Redis
+images for 3.5.10 -> 6.2.2 are built on a private "publisher" engine and pushed there
+under mirror names. The online host has **no Docker engine** (``DOCKER_HOST`` points
+nowhere): `overleaf-bundle` plans and builds a signed, upstream-exact bundle straight
+from the registry (--mirror), split into 8 MiB parts, "burned" onto two "discs"
+(folders). The offline host is Docker Engine 26 with the **containerd image store**
+and Compose v2 (what new installs get): it runs a Toolkit stand-in at 3.5.10, and
+`overleaf-import` verifies the discs, loads the images (each tag's ID is the registry's
+manifest digest), walks the Toolkit through every step, pausing once for the
+binary-files check, resumes to 6.2.2, and finally pushes the images to an internal
+registry with their digests unchanged.
 
     python3 -m tests.demo [--keep] [--workdir DIR]
 """
@@ -54,9 +58,11 @@ def main() -> int:
     started = time.monotonic()
     tk = None
     try:
-        with PrivateEngine(name="online") as online, PrivateRegistry() as registry, \
-                PrivateEngine(name="offline") as offline:
-            on_env = {**online.env(), "OVERLEAF_AIRGAP_CATALOG_OVERLAY": str(work / "no-overlay.yaml")}
+        with PrivateEngine(name="publisher") as online, PrivateRegistry() as registry, \
+                PrivateEngine(name="offline", store="containerd", compose="v2") as offline, \
+                PrivateRegistry() as internal:
+            on_env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock",
+                      "OVERLEAF_AIRGAP_CATALOG_OVERLAY": str(work / "no-overlay.yaml")}
             off_env = {**offline.env(), "OVERLEAF_AIRGAP_STATE": str(work / "offline-state.json"),
                        "OVERLEAF_AIRGAP_TRUST_DIR": str(work / "trusted.d")}
 
@@ -65,19 +71,21 @@ def main() -> int:
             cli("overleaf-bundle", "plan", *plan_args, env=on_env)
             plan = json.loads(cli("overleaf-bundle", "--json", "plan", *plan_args, env=on_env, quiet=True).stdout)
 
-            banner("Online: synthetic images in a private registry (standing in for Docker Hub)")
+            banner("Publishers: synthetic images in a private registry (standing in for Docker Hub)")
             steps = plan["steps"]
             refs = seed_overleaf_path(online, [s["version"] for s in steps if s["kind"] == "app"],
                                       mongo=[s["version"] for s in steps if s["kind"] == "mongo"],
                                       redis=[s["version"] for s in steps if s["kind"] == "redis"])
             mirror = f"{registry.address}/hub"
             push_to_registry(online, registry, refs, mirrors={"docker.io": mirror, "quay.io": f"{registry.address}/quay.io"})
-            client = online.client()
-            for ref in refs:
-                client.images.remove(ref)
-            print(f"pushed {len(refs)} images to {registry.address} and removed them from the online engine")
+            t0 = time.monotonic()  # the baseline: one plain `docker save` of the same images
+            saved = work / "docker-save.tar"
+            subprocess.run(["docker", "save", "-o", str(saved), *refs], env=online.env(), check=True)
+            save_s, save_b = time.monotonic() - t0, saved.stat().st_size
+            saved.unlink()
+            print(f"pushed {len(refs)} images to {registry.address}")
 
-            banner("Online: a signing key and the bundle")
+            banner("Online (no Docker engine here: DOCKER_HOST points nowhere): a signing key and the bundle")
             cli("overleaf-bundle", "keygen", "--out", str(work / "keys" / "signing.key"), "--no-passphrase", env=on_env)
             out = work / "bundle"
             t0 = time.monotonic()
@@ -85,14 +93,9 @@ def main() -> int:
                 "--mirror", f"docker.io={mirror}", "--mirror", f"quay.io={registry.address}/quay.io",
                 "--max-part-size", "8M", "--expires", "30d", "--no-importer", env=on_env)
             build_s = time.monotonic() - t0
-            t0 = time.monotonic()  # the baseline: one plain `docker save` of the same images
-            saved = work / "docker-save.tar"
-            subprocess.run(["docker", "save", "-o", str(saved), *refs], env=on_env, check=True)
-            save_s, save_b = time.monotonic() - t0, saved.stat().st_size
-            saved.unlink()
             bundle_b = sum(p.stat().st_size for p in out.iterdir() if p.name.startswith("payload."))
-            print(f"measured: docker save {save_b:,} B in {save_s:.1f} s; bundle payload {bundle_b:,} B "
-                  f"({bundle_b / save_b:.2f}x) built in {build_s:.1f} s including the pulls ({build_s / save_s:.1f}x)")
+            print(f"measured: docker save {save_b:,} B in {save_s:.1f} s on the publisher's engine; bundle payload "
+                  f"{bundle_b:,} B ({bundle_b / save_b:.2f}x) fetched and written in {build_s:.1f} s with no engine")
             cli("overleaf-bundle", "inspect", str(out), env=on_env)
             print("$ openssl pkeyutl -verify -pubin -inkey signing.key.pub -rawin -in manifest.json -sigfile manifest.json.sig")
             subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(work / "keys" / "signing.key.pub"),
@@ -110,7 +113,7 @@ def main() -> int:
             (work / "trusted.d").mkdir()
             shutil.copy2(work / "keys" / "signing.key.pub", work / "trusted.d" / "site-builder.pub")
 
-            banner("Offline: the host runs Overleaf 3.5.10 with the Toolkit")
+            banner("Offline: Docker Engine 26, containerd image store, Compose v2; Overleaf 3.5.10 with the Toolkit")
             seed_overleaf_path(offline, [FROM], mongo=["4.4"], redis=["6.2"])
             tk = make_toolkit(work, FROM, engine=offline, mongo="4.4", redis="6.2")
             tk.run("up", "-d")
@@ -128,6 +131,9 @@ def main() -> int:
             print("\n(the admin opens a few projects, checks that images and PDFs still open, then resumes)")
             cli("overleaf-import", *up, "--resume", env=off_env)
             cli("overleaf-import", "status", "--toolkit", os.fspath(tk), env=off_env)
+
+            banner("Offline: push the images to an internal registry, digests unchanged")
+            cli("overleaf-import", "push", *media, "--registry", f"{internal.address}/overleaf", env=off_env)
             print(f"\nDone in {time.monotonic() - started:.0f} s: Overleaf {tk.version()}, running {tk.running_images()}")
             tk.down()
             tk = None

@@ -25,8 +25,10 @@ from cryptography.hazmat.primitives import serialization
 
 from bundler.assemble import CacheError, check_output, payload_order, write_payload
 from bundler.build import check_part_size, parse_duration
-from bundler.delta import Receipt, chain_ids
-from bundler.registry import Mirrors, UsageError, canonical, normalize
+from bundler.registry import Mirrors
+from manifests.errors import ReceiptError, UsageError
+from manifests.imageref import canonical, normalize
+from manifests.receipt import Receipt, chain_ids
 from bundler.wheels import expand_platforms
 from manifests.bundle import MEDIA_SIZES, MIN_PART_SIZE, BlobEntry, BundleManifest, parse_size
 from manifests.errors import OutputError
@@ -154,9 +156,10 @@ def test_receipts_and_omitted_layers():
     assert cd.omitted([([a, b, c], [la, lb, lc])]) == {la, lb}
     for bad in (b'{"schema": 3, "images": []}', b'{"schema": 1, "images": [{"diff_ids": ["nope"]}]}',
                 b'{"schema": 2, "store": "zfs", "images": []}', b'{"schema": 1, "images": NaN}',
-                b'{"schema": 1' + b"1" * 5000 + b', "images": []}', b"\xff"):
-        with pytest.raises(UsageError):
+                b'{"schema": 1' + b"1" * 5000 + b', "images": []}', b"\xff", b'{"schema": 2, "x": 1e999}'):
+        with pytest.raises(ReceiptError) as info:
             Receipt.parse(bad)
+        assert info.value.exit_code == 2 and "inventory" in info.value.hint
 
 
 def test_payload_order_manifests_and_configs_first_then_layers_bottom_up():

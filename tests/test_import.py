@@ -18,17 +18,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import docker
-import docker.errors
 import pytest
 
 from manifests.bundle import BundleManifest, PartRef
 from manifests.errors import IntegrityError
 from manifests.payload import PartWriter
-from tests.support.engine import MiB, DataLayer, PrivateEngine, build_image, push_to_registry
+from tests.support.engine import MiB, DataLayer, PrivateEngine, build_image, push_to_registry, wipe_engine
+from tests.support.offline_host import OfflineHost, fails
 from tests.support.registry_bundles import make_key, make_registry_bundle, read_manifest, sign
 
-from importer.engine import chain_prefixes
+from manifests.receipt import chain_ids, host_chain_ids
 from importer.verify import BundleFolders, check_contents, safe_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,70 +66,14 @@ def bundle(pristine, tmp_path) -> Path:
     return dest
 
 
-class Host:
-    """The offline host: its engine, trust folder and state file; runs the real CLI."""
-
-    def __init__(self, engine: PrivateEngine, root: Path, signer) -> None:
-        self.engine, self.root = engine, root
-        self.trust = root / "trusted.d"
-        self.trust.mkdir()
-        shutil.copy(signer.pub_path, self.trust / "builder.pub")
-        self.state = root / "state" / "state.json"
-        self.env = {**engine.env(), "OVERLEAF_AIRGAP_STATE": str(self.state), "OVERLEAF_AIRGAP_TRUST_DIR": str(self.trust)}
-
-    def run(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "importer.cli", *args], cwd=REPO, env={**self.env, **(env or {})},
-                              capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-        assert "Traceback" not in proc.stderr, proc.stderr
-        return proc
-
-    def tags(self) -> dict[str, str]:
-        out = {}
-        for img in self.engine.client().api.images():
-            for tag in img.get("RepoTags") or []:
-                if tag != "<none>:<none>":
-                    out[tag] = img["Id"]
-        return out
-
-    def ids(self) -> set[str]:
-        return {img["Id"] for img in self.engine.client().api.images(all=True)}
-
-    def accepted(self) -> dict:
-        return json.loads(self.state.read_text())["accepted"] if self.state.exists() else {}
-
-
-def _wipe(client: docker.DockerClient) -> None:
-    for c in client.containers.list(all=True):
-        c.remove(force=True)
-    for _ in range(10):  # children before parents: repeat until nothing is left
-        images = client.api.images(all=True)
-        if not images:
-            return
-        for img in images:
-            try:
-                client.api.remove_image(img["Id"], force=True)
-            except docker.errors.APIError:
-                pass
-    raise AssertionError(f"cannot empty the offline engine: {client.api.images(all=True)}")
-
-
 @pytest.fixture
 def host(offline_engine, tmp_path, signer):
-    _wipe(offline_engine.client())
-    yield Host(offline_engine, tmp_path, signer)
-    _wipe(offline_engine.client())
+    wipe_engine(offline_engine.client())
+    yield OfflineHost(offline_engine, tmp_path, signer.pub_path)
+    wipe_engine(offline_engine.client())
 
 
-def _fails(proc, code: int, *needles: str) -> str:
-    text = proc.stderr
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    assert "error: " in text, text
-    for needle in needles:
-        assert needle in text, (needle, text)
-    return text
-
-
-def _assert_nothing_loaded(host: Host) -> None:
+def _assert_nothing_loaded(host: OfflineHost) -> None:
     assert host.tags() == {}, host.tags()
     assert host.ids() == set()
 
@@ -189,7 +132,7 @@ def test_parts_on_several_discs(host, bundle, tmp_path):
     for name in parts[len(parts) // 2:]:
         shutil.move(bundle / name, disc2 / name)
     proc = host.run("verify", str(bundle))  # non-interactive (no terminal): reports, does not ask
-    _fails(proc, 14, *parts[len(parts) // 2:], "not found in")
+    fails(proc, 14, *parts[len(parts) // 2:], "not found in")
     assert host.run("verify", str(bundle), "--parts-from", str(disc2)).returncode == 0
     proc = host.run("load", str(bundle), "--parts-from", str(disc2))
     assert proc.returncode == 0, proc.stderr
@@ -238,8 +181,8 @@ def _flip(path: Path, offset: int) -> None:
 @pytest.mark.engine
 def test_flipped_byte_in_a_part(host, bundle):
     _flip(bundle / "payload.001", 1000)
-    _fails(host.run("verify", str(bundle)), 14, "payload.001", "damaged or altered", "Copy again")
-    _fails(host.run("load", str(bundle)), 14, "payload.001", "damaged or altered", "Copy payload.001 again")
+    fails(host.run("verify", str(bundle)), 14, "payload.001", "damaged or altered", "Copy again")
+    fails(host.run("load", str(bundle)), 14, "payload.001", "damaged or altered", "Copy payload.001 again")
     _assert_nothing_loaded(host)
     assert host.accepted() == {}  # never recorded
 
@@ -248,14 +191,14 @@ def test_flipped_byte_in_a_part(host, bundle):
 def test_truncated_part(host, bundle):
     part = bundle / "payload.002"
     part.write_bytes(part.read_bytes()[:-100])
-    _fails(host.run("load", str(bundle)), 14, "payload.002", "truncated")
+    fails(host.run("load", str(bundle)), 14, "payload.002", "truncated")
     _assert_nothing_loaded(host)
 
 
 @pytest.mark.engine
 def test_missing_part(host, bundle):
     (bundle / "payload.000").unlink()
-    _fails(host.run("load", str(bundle)), 14, "payload.000", "not found", "Copy again from the original media",
+    fails(host.run("load", str(bundle)), 14, "payload.000", "not found", "Copy again from the original media",
            "--parts-from")
     _assert_nothing_loaded(host)
 
@@ -264,7 +207,7 @@ def test_missing_part(host, bundle):
 def test_unexpected_extra_file(host, bundle):
     (bundle / "payload.999").write_bytes(b"stale part from another bundle")
     (bundle / "notes.txt").write_text("hello")
-    text = _fails(host.run("load", str(bundle)), 14, "payload.999", "notes.txt", "not part of this bundle")
+    text = fails(host.run("load", str(bundle)), 14, "payload.999", "notes.txt", "not part of this bundle")
     assert "Remove what is not part of the bundle" in text
     _assert_nothing_loaded(host)
 
@@ -289,7 +232,7 @@ def test_part_that_links_outside_the_folder(host, bundle, tmp_path):
     outside.mkdir()
     shutil.move(bundle / "payload.000", outside / "payload.000")
     (bundle / "payload.000").symlink_to(outside / "payload.000")
-    _fails(host.run("verify", str(bundle)), 14, "payload.000", "leads outside")
+    fails(host.run("verify", str(bundle)), 14, "payload.000", "leads outside")
 
 
 # --- trust: signature, expiry, rollback --------------------------------------------------------------
@@ -298,7 +241,7 @@ def test_manifest_edited_after_signing(host, bundle):
     m = read_manifest(bundle)
     m["sequence"] = 99
     (bundle / "manifest.json").write_bytes(json.dumps(m, sort_keys=True).encode())
-    _fails(host.run("load", str(bundle)), 11, "does not verify with any trusted key")
+    fails(host.run("load", str(bundle)), 11, "does not verify with any trusted key")
     _assert_nothing_loaded(host)
 
 
@@ -309,7 +252,7 @@ def test_signature_by_an_untrusted_key(host, bundle, tmp_path):
     m["key_id"] = stranger.id
     sign(bundle, m, stranger)
     shutil.copy(stranger.pub_path, bundle / "signing-key.pub")
-    text = _fails(host.run("load", str(bundle)), 11, "does not verify with any trusted key")
+    text = fails(host.run("load", str(bundle)), 11, "does not verify with any trusted key")
     assert stranger.id in text  # the hint names the bundle's own key next to the trusted ones
     _assert_nothing_loaded(host)
     # trusting it explicitly (--trust replaces the trust folder) lets it through
@@ -318,7 +261,7 @@ def test_signature_by_an_untrusted_key(host, bundle, tmp_path):
 
 @pytest.mark.engine
 def test_no_trusted_keys(host, bundle, tmp_path):
-    _fails(host.run("verify", str(bundle), env={"OVERLEAF_AIRGAP_TRUST_DIR": str(tmp_path / "none")}), 11,
+    fails(host.run("verify", str(bundle), env={"OVERLEAF_AIRGAP_TRUST_DIR": str(tmp_path / "none")}), 11,
            "no trusted public keys", "--trust")
 
 
@@ -327,7 +270,7 @@ def test_expired_bundle(host, bundle, signer):
     m = read_manifest(bundle)
     m["created"], m["expires"] = "2020-01-01T00:00:00Z", "2020-02-01T00:00:00Z"
     sign(bundle, m, signer)
-    _fails(host.run("load", str(bundle)), 12, "expired on 2020-02-01", "--allow-expired")
+    fails(host.run("load", str(bundle)), 12, "expired on 2020-02-01", "--allow-expired")
     _assert_nothing_loaded(host)
     proc = host.run("verify", str(bundle), "--allow-expired")
     assert proc.returncode == 0 and "warning: the bundle expired" in proc.stderr
@@ -339,11 +282,11 @@ def test_replayed_older_bundle(host, bundle, signer):
     m = read_manifest(bundle)
     m["sequence"], m["bundle_id"] = 3, "0bd0bd0bd0"
     sign(bundle, m, signer)
-    _fails(host.run("load", str(bundle)), 13, "sequence 3 is older than", "replayed or rolled-back")
+    fails(host.run("load", str(bundle)), 13, "sequence 3 is older than", "replayed or rolled-back")
     _assert_nothing_loaded(host)
     m["sequence"], m["bundle_id"] = 5, "5a5e5a5e5a"
     sign(bundle, m, signer)
-    _fails(host.run("verify", str(bundle)), 13, "same sequence number")
+    fails(host.run("verify", str(bundle)), 13, "same sequence number")
     m["sequence"] = 3
     sign(bundle, m, signer)
     proc = host.run("verify", str(bundle), "--allow-downgrade")
@@ -365,7 +308,7 @@ def test_signed_manifest_that_breaks_the_schema(host, bundle, signer, field, val
     else:
         m["images"][0]["ref"] = value
     sign(bundle, m, signer)  # the signature is good: the schema check must catch it
-    _fails(host.run("load", str(bundle)), 10, needle)
+    fails(host.run("load", str(bundle)), 10, needle)
     _assert_nothing_loaded(host)
     assert not Path("/tmp/pwned").exists()
 
@@ -374,13 +317,13 @@ def test_signed_manifest_that_breaks_the_schema(host, bundle, signer, field, val
 @pytest.mark.engine
 def test_engine_stopped(host, bundle, tmp_path):
     gone = f"unix://{tmp_path}/gone.sock"
-    _fails(host.run("load", str(bundle), env={"DOCKER_HOST": gone}), 20, "cannot reach the Docker engine",
+    fails(host.run("load", str(bundle), env={"DOCKER_HOST": gone}), 20, "cannot reach the Docker engine",
            "gone.sock", "DOCKER_HOST")
     stale = tmp_path / "stale.sock"  # a socket file left behind by a daemon that died
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(stale))
-    _fails(host.run("load", str(bundle), env={"DOCKER_HOST": f"unix://{stale}"}), 20, "nothing listens")
-    _fails(host.run("inventory", "--out", str(tmp_path / "r.json"), env={"DOCKER_HOST": gone}), 20)
+    fails(host.run("load", str(bundle), env={"DOCKER_HOST": f"unix://{stale}"}), 20, "nothing listens")
+    fails(host.run("inventory", "--out", str(tmp_path / "r.json"), env={"DOCKER_HOST": gone}), 20)
     assert host.accepted() == {}  # load records a bundle only once its parts streamed intact
     assert host.run("verify", str(bundle)).returncode == 0
     assert host.accepted()["overleaf-ce"]["sequence"] == 5
@@ -399,8 +342,8 @@ def test_no_space_in_the_engine_data_root(engine, registry, signer, tmp_path):
     try:
         with PrivateEngine(base, name="small") as small:
             (tmp_path / "h").mkdir()
-            proc = Host(small, tmp_path / "h", signer).run("load", str(out))
-            text = _fails(proc, 22, "data root", "free", "needs about", "MiB")
+            proc = OfflineHost(small, tmp_path / "h", signer.pub_path).run("load", str(out))
+            text = fails(proc, 22, "data root", "free", "needs about", "MiB")
             assert small.client().api.images() == []
             assert "Free at least" in text
     finally:
@@ -493,6 +436,8 @@ def test_check_contents_for_a_load_leaves_missing_parts_to_the_loader_when_it_ca
     assert [(p.name, p.kind) for p in report.problems] == [("payload.003", "missing")]
 
 
-def test_chain_prefixes():
+def test_host_chain_ids_cover_every_prefix():
     a, b, d = ("sha256:" + x * 64 for x in "abd")
-    assert chain_prefixes([[a, b], [d]]) == {(a,), (a, b), (d,)}
+    ab = "sha256:" + hashlib.sha256(f"{a} {b}".encode()).hexdigest()
+    assert host_chain_ids([[a, b], [d]]) == {a, ab, d}
+    assert chain_ids([a, b]) == [a, ab]

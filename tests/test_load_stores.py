@@ -15,14 +15,10 @@ import hashlib
 import io
 import json
 import shutil
-import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
 
-import docker
-import docker.errors
 import pytest
 import zstandard
 
@@ -33,10 +29,10 @@ from importer.verify import BundleFolders
 from manifests.bundle import OCI_LAYER_ZSTD, BundleManifest
 from manifests.errors import EngineError, IntegrityError
 from manifests.payload import END_OF_ARCHIVE, PartWriter, member_header, padding
-from tests.support.engine import PrivateEngine, push_to_registry
+from tests.support.engine import push_to_registry, wipe_engine
+from tests.support.offline_host import OfflineHost, fails
 from tests.support.registry_bundles import make_key, make_registry_bundle, read_manifest
 
-REPO = Path(__file__).resolve().parents[1]
 APP_OLD, APP = "sharelatex/sharelatex:5.5.3", "sharelatex/sharelatex:5.5.4"
 EXACT = [APP, "mongo:8.0", "redis:7.4"]
 WHEEL = {"wheels/overleaf_airgap-0.1.0-py3-none-any.whl": b"not really a wheel\n" * 50}
@@ -68,78 +64,11 @@ def bundle(exact, tmp_path) -> Path:
     return dest
 
 
-class Host:
-    """The offline host: its engine, trust folder and state file; runs the real CLI."""
-
-    def __init__(self, engine: PrivateEngine, root: Path, signer) -> None:
-        self.engine, self.root = engine, root
-        self.store = engine.store
-        self.trust = root / "trusted.d"
-        self.trust.mkdir()
-        shutil.copy(signer.pub_path, self.trust / "builder.pub")
-        self.state = root / "state" / "state.json"
-        self.env = {**engine.env(), "OVERLEAF_AIRGAP_STATE": str(self.state),
-                    "OVERLEAF_AIRGAP_TRUST_DIR": str(self.trust)}
-
-    def run(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "importer.cli", *args], cwd=REPO, env={**self.env, **(env or {})},
-                              capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-        assert "Traceback" not in proc.stderr, proc.stderr
-        return proc
-
-    def tags(self) -> dict[str, str]:
-        out = {}
-        for img in self.engine.client().api.images():
-            for tag in img.get("RepoTags") or []:
-                if tag != "<none>:<none>":
-                    out[tag] = img["Id"]
-        return out
-
-    def ids(self) -> set[str]:
-        return {img["Id"] for img in self.engine.client().api.images(all=True)}
-
-    def accepted(self) -> dict:
-        return json.loads(self.state.read_text())["accepted"] if self.state.exists() else {}
-
-    def pinned(self, manifest: dict) -> dict[str, str]:
-        key = "manifest_digest" if self.store == "containerd" else "id"
-        return {i["ref"]: i[key] for i in manifest["images"]}
-
-    def runs(self, ref: str) -> None:
-        proc = subprocess.run(["docker", "run", "--rm", "--network", "none", ref, "true"], env=self.engine.env(),
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, (ref, proc.stderr)
-
-
-def _wipe(client: docker.DockerClient) -> None:
-    for c in client.containers.list(all=True):
-        c.remove(force=True)
-    for _ in range(10):  # children before parents: repeat until nothing is left
-        images = client.api.images(all=True)
-        if not images:
-            return
-        for img in images:
-            try:
-                client.api.remove_image(img["Id"], force=True)
-            except docker.errors.APIError:
-                pass
-    raise AssertionError(f"cannot empty the offline engine: {client.api.images(all=True)}")
-
-
 @pytest.fixture
 def host(each_offline_engine, tmp_path, signer):
-    _wipe(each_offline_engine.client())
-    yield Host(each_offline_engine, tmp_path, signer)
-    _wipe(each_offline_engine.client())
-
-
-def _fails(proc, code: int, *needles: str) -> str:
-    text = proc.stderr
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    assert "error: " in text, text
-    for needle in needles:
-        assert needle in text, (needle, text)
-    return text
+    wipe_engine(each_offline_engine.client())
+    yield OfflineHost(each_offline_engine, tmp_path, signer.pub_path)
+    wipe_engine(each_offline_engine.client())
 
 
 def _flip(path: Path, offset: int) -> None:
@@ -219,7 +148,7 @@ def test_failed_load_puts_every_tag_back(host, bundle, pushed, registry, signer,
     out = tmp_path / "broken"
     broken = make_registry_bundle(registry.url, {r: pushed[r] for r in ("mongo:8.0", APP)}, out, signer,
                                   recompress=True, sequence=6, wrong_top={APP: _layer_tar(b"not the app\n")})
-    text = _fails(host.run("load", str(out), "--replace-tags"), 20, "failed to load")
+    text = fails(host.run("load", str(out), "--replace-tags"), 20, "failed to load")
     assert "Nothing was kept" in text
     assert host.tags() == tags_before
     assert host.ids() == ids_before
@@ -233,10 +162,10 @@ def test_flipped_byte_in_the_last_part_loads_nothing(host, bundle):
     last = m["parts"][-1]["name"]
     assert len(m["parts"]) > 2
     _flip(bundle / last, m["parts"][-1]["size"] // 2)  # every earlier blob has streamed by then
-    _fails(host.run("load", str(bundle)), 14, last, "damaged or altered")
+    fails(host.run("load", str(bundle)), 14, last, "damaged or altered")
     assert host.tags() == {} and host.ids() == set()
     assert host.accepted() == {}  # never recorded
-    _fails(host.run("verify", str(bundle)), 14, last, "do not match")
+    fails(host.run("verify", str(bundle)), 14, last, "do not match")
 
 
 @pytest.mark.engine
@@ -248,14 +177,14 @@ def test_blob_that_does_not_match_its_digest_loads_nothing(host, pushed, registr
     make_registry_bundle(registry.url, {r: pushed[r] for r in ("mongo:8.0", "redis:7.4")}, out, signer,
                          corrupt=[top])
     assert host.run("verify", str(out)).returncode == 0  # every part is as signed
-    _fails(host.run("load", str(out)), 14, top, "does not match its digest")
+    fails(host.run("load", str(out)), 14, top, "does not match its digest")
     assert host.tags() == {} and host.ids() == set()
 
 
 @pytest.mark.engine
 def test_missing_part(host, bundle):
     (bundle / "payload.001").unlink()
-    _fails(host.run("load", str(bundle)), 14, "payload.001", "not found", "--parts-from")
+    fails(host.run("load", str(bundle)), 14, "payload.001", "not found", "--parts-from")
     assert host.tags() == {}
 
 
@@ -267,7 +196,7 @@ def test_existing_tag_is_not_moved_silently(host, bundle):
     client = host.engine.client()
     client.api.tag(pinned["redis:7.4"], "mongo", "8.0")  # mongo:8.0 here is now something else
     before = host.tags()
-    text = _fails(host.run("load", str(bundle)), 24, "mongo:8.0", "--replace-tags")
+    text = fails(host.run("load", str(bundle)), 24, "mongo:8.0", "--replace-tags")
     assert "already name other images" in text
     assert host.tags() == before
     proc = host.run("load", str(bundle), "--replace-tags")
@@ -290,7 +219,7 @@ def test_inventory_then_delta(host, pushed, registry, signer, tmp_path):
 
     # a host that lacks the omitted layers: named, nothing loaded
     other_state = {"OVERLEAF_AIRGAP_STATE": str(tmp_path / "other-state.json")}
-    _fails(host.run("load", str(delta), env=other_state), 10, "delta bundle", "lacks layers", omit[0], "inventory")
+    fails(host.run("load", str(delta), env=other_state), 10, "delta bundle", "lacks layers", omit[0], "inventory")
     assert host.tags() == {} and host.ids() == set()
 
     assert host.run("load", str(base)).returncode == 0
@@ -307,7 +236,7 @@ def test_inventory_then_delta(host, pushed, registry, signer, tmp_path):
     assert entry["id"] == host.pinned(mb)[APP_OLD]
     assert entry["manifest_digest"] == (entry["id"] if host.store == "containerd" else None)
     assert str(tmp_path) not in raw.decode()  # no local paths travel out
-    from bundler.delta import Receipt
+    from manifests.receipt import Receipt
     assert Receipt.parse(raw).store == host.store
 
     proc = host.run("--json", "load", str(delta))
@@ -445,8 +374,8 @@ def test_delta_chains(tmp_path):
                              "delta": {"store": "classic", "receipt_sha256": "0" * 64,
                                        "omitted_layers": [img.layers[0]]}})
     assert missing_omitted(omitted, [img], set()) == [("redis:7.4", img.layers[0])]
-    assert missing_omitted(omitted, [img], {(img.diff_ids[0],)}) == []
-    assert set(blobs_to_send(omitted, [img], {(img.diff_ids[0],)}, "classic")) == {img.id}
+    assert missing_omitted(omitted, [img], {img.diff_ids[0]}) == []          # the host holds the chain (ChainID)
+    assert set(blobs_to_send(omitted, [img], {img.diff_ids[0]}, "classic")) == {img.id}
     assert set(blobs_to_send(omitted, [img], set(), "containerd")) == {img.id, img.manifest_digest}
     assert json.loads(docker_archive_manifest([img])) == [
         {"Config": img.id[7:] + ".json", "RepoTags": ["redis:7.4"], "Layers": [img.layers[0][7:] + "/layer.tar"]}]

@@ -25,7 +25,7 @@ def test_read_regular_reads_a_regular_file(tmp_path):
 @pytest.mark.parametrize("make,match", [
     (lambda p: os.mkfifo(p), "FIFO"),
     (lambda p: p.mkdir(), "folder"),
-    (lambda p: p.write_bytes(b"x" * 11), "more than the 10 bytes allowed"),
+    (lambda p: p.write_bytes(b"x" * 11), "more than the 10 B allowed"),
     (lambda p: p.symlink_to(p.name), "symbolic link"),
     (lambda p: (p.with_name("t").write_bytes(b"x"), p.symlink_to("t")), "symbolic link"),
 ])
@@ -118,3 +118,15 @@ def test_damaged_state_entries_are_refused(tmp_path, entry):
     path.write_text(json.dumps({"schema": 2, "accepted": {}, "by_key": {"overleaf-ce": {"ed25519:a": {**good, **entry}}}}))
     with pytest.raises(StateError, match="damaged"):
         HostState.load(path)
+
+
+def test_manifest_and_receipt_parsers_refuse_infinite_numbers():
+    """``1e999`` would become ``inf`` with plain json.loads: the bundle and receipt readers share the strict one."""
+    from manifests.bundle import BundleManifest
+    from manifests.errors import ManifestFormatError, ReceiptError
+    from manifests.receipt import Receipt
+
+    with pytest.raises(ManifestFormatError, match="out of range"):
+        BundleManifest.from_bytes(b'{"schema": 2, "size": 1e999}')
+    with pytest.raises(ReceiptError, match="out of range"):
+        Receipt.parse(b'{"schema": 2, "images": [], "x": 1e999}')

@@ -1,7 +1,8 @@
 """The inventory receipt read by `overleaf-bundle build --have`: Receipt.parse must refuse with ReceiptError."""
 from __future__ import annotations
 
-from bundler.delta import Receipt, ReceiptError
+from manifests.errors import ReceiptError
+from manifests.receipt import Receipt
 
 ALLOWED = (ReceiptError,)
 SEEDS = [b'{"schema":2,"store":"classic","images":[{"id":"sha256:' + b"1" * 64 + b'","tags":["mongo:8.0"],'

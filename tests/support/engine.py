@@ -65,6 +65,9 @@ import docker.errors
 import yaml
 from docker.models.images import Image
 
+from importer.engine import stream_error
+from manifests.imageref import normalize
+
 MiB = 1024 * 1024
 BASE_IMAGE = "airgap-test/base:1"
 """Shared base of every synthetic image: a static busybox with its applets and ``run-forever``."""
@@ -1020,22 +1023,11 @@ def seed_overleaf_images(
 
 
 def split_reference(ref: str) -> tuple[str, str, str]:
-    """Split a tagged reference like Docker does: ``"mongo:8.0"`` -> ``("docker.io", "library/mongo", "8.0")``."""
-    if "@" in ref:
-        raise ValueError(f"digest references are not supported here: {ref}")
-    name, sep, tag = ref.rpartition(":")
-    if not sep or "/" in tag:
-        name, tag = ref, "latest"
-    first, slash, rest = name.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        domain, path = first, rest
-    else:
-        domain, path = "docker.io", name
-    if domain in ("docker.io", "index.docker.io"):
-        domain = "docker.io"
-        if "/" not in path:
-            path = "library/" + path
-    return domain, path, tag
+    """Split a tagged reference like Docker does: ``"mongo:8.0"`` -> ``("docker.io", "library/mongo", "8.0")``.
+
+    The project's own parser (:func:`manifests.imageref.normalize`) does the work."""
+    n = normalize(ref)
+    return n.domain, n.path, n.tag
 
 
 def mirror_reference(ref: str, address: str, mirrors: Mapping[str, str] | None = None) -> str:
@@ -1062,7 +1054,7 @@ def push_to_registry(
     """Push local images into ``registry`` under their mirror names; return ``{ref: pushed ref}``.
 
     Each image is tagged with its :func:`mirror_reference`, pushed, and (unless
-    ``keep_tags``) untagged again. RuntimeError on any ``errorDetail`` in a push's status stream.
+    ``keep_tags``) untagged again. RuntimeError on any error in a push's status stream (:func:`importer.engine.stream_error`).
     """
     client = _client(target)
     address = registry.address if isinstance(registry, PrivateRegistry) else registry
@@ -1073,11 +1065,28 @@ def push_to_registry(
         client.images.get(ref).tag(repository, tag)
         try:
             for status in client.api.push(repository, tag=tag, stream=True, decode=True):
-                if "errorDetail" in status or "error" in status:
-                    detail = status.get("errorDetail") or status.get("error")
-                    raise RuntimeError(f"push of {ref} as {dest} failed: {detail}")
+                problem = stream_error(status)
+                if problem is not None:
+                    raise RuntimeError(f"push of {ref} as {dest} failed: {problem}")
         finally:
             if not keep_tags:
                 client.images.remove(dest, noprune=True)
         pushed[ref] = dest
     return pushed
+
+
+def wipe_engine(target: PrivateEngine | docker.DockerClient) -> None:
+    """Remove every container and image of an engine (an offline host starting empty); AssertionError if stuck."""
+    client = _client(target)
+    for c in client.containers.list(all=True):
+        c.remove(force=True)
+    for _ in range(10):  # children before parents: repeat until nothing is left
+        images = client.api.images(all=True)
+        if not images:
+            return
+        for img in images:
+            try:
+                client.api.remove_image(img["Id"], force=True)
+            except docker.errors.APIError:
+                pass
+    raise AssertionError(f"cannot empty the engine: {client.api.images(all=True)}")

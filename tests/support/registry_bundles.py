@@ -29,7 +29,7 @@ import zstandard
 
 from manifests.bundle import DOCKER_MANIFEST, OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST, PUBKEY_NAME, README_NAME, iso, utc_now
 from manifests.payload import END_OF_ARCHIVE, PartWriter, member_header, padding
-from tests.support.bundles import SigningKey, make_key, read_manifest, sign  # noqa: F401 - re-exported
+from tests.support.signing_keys import SigningKey, make_key, read_manifest, sign  # noqa: F401 - re-exported
 
 ACCEPT = ", ".join([DOCKER_MANIFEST, OCI_MANIFEST])
 SEGMENT = 64 * 1024
