@@ -13,7 +13,6 @@ in the order the images need them, bottom layer first. The same blobs give the s
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -53,36 +52,27 @@ def payload_order(images: Sequence[tuple[str, str, Sequence[str]]], stored: set[
     return order
 
 
-def _expected_stored_digest(entry: BlobEntry) -> str | None:
-    """The sha256 the stored file must have, when it is the blob itself (zstd forms are checked on load)."""
-    return entry.digest[7:] if entry.encoding == "none" else None
-
-
 def write_payload(out, blobs: Iterable[tuple[BlobEntry, Path]], *,
                   on_bytes: Callable[[int], None] | None = None) -> None:
     """Write the payload of ``blobs`` (in the given order) into the file object ``out``.
 
-    Each stored file is re-hashed as it is copied: a blob damaged on disk since it was fetched is
-    removed and the build stops (the next run fetches it again)."""
+    The blobs were checked against their digests by the fetch stage of this very run (a blob
+    reused from an interrupted run is re-hashed there), so here only their sizes are checked: a
+    stored file of the wrong size is removed and the build stops (the next run fetches it again)."""
     for entry, path in blobs:
         out.write(member_header(entry.path, entry.stored_size))
-        h = hashlib.sha256()
         n = 0
         with open(path, "rb") as fh:
-            while n < entry.stored_size:
-                chunk = fh.read(min(CHUNK, entry.stored_size - n))
-                if not chunk:
-                    break
-                out.write(chunk)
-                h.update(chunk)
-                n += len(chunk)
-                if on_bytes is not None:
-                    on_bytes(len(chunk))
-            extra = fh.read(1)
-        if extra:
-            n += 1
-        expected = _expected_stored_digest(entry)
-        if n != entry.stored_size or (expected is not None and h.hexdigest() != expected):
+            if os.fstat(fh.fileno()).st_size == entry.stored_size:
+                while n < entry.stored_size:
+                    chunk = fh.read(min(CHUNK, entry.stored_size - n))
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    n += len(chunk)
+                    if on_bytes is not None:
+                        on_bytes(len(chunk))
+        if n != entry.stored_size:
             try:
                 os.unlink(path)
             except OSError:

@@ -102,7 +102,7 @@ class BlobStore:
               on_bytes: Callable[[int], None] | None = None) -> tuple[Path, bool]:
         """``(path, downloaded)``: the blob, downloaded from ``client`` unless the store has it."""
         dest = self.path(digest)
-        if dest.is_file():
+        if dest.is_file() and verify_blob(self, digest):   # kept from an interrupted run: checked again
             return dest, False
         dest.parent.mkdir(parents=True, exist_ok=True)
         client.fetch_blob(repo, digest, dest, expected_size=size, on_bytes=on_bytes,
@@ -385,7 +385,7 @@ def fetch_images(
             if first is not None and first[1].size != layer.size:
                 raise RegistryError(f"layer {layer.digest} has size {first[1].size} in {first[0].ref} "
                                     f"but {layer.size} in {img.ref}", "One of the manifests is broken.")
-            if first is None and not store.has(layer.digest):
+            if first is None:    # a blob the store has already is re-hashed (in parallel), not fetched
                 jobs[layer.digest] = (img, layer)
 
     def fetch_layer(img: FetchedImage, layer: Descriptor) -> None:

@@ -187,7 +187,55 @@ def iter_members(src: "SegmentReader") -> Iterator[tuple[str, int, MemberReader]
 
 
 # --- writing parts --------------------------------------------------------------------------
+class _Hasher(threading.Thread):
+    """Hashes the bytes :class:`PartWriter` writes, on a thread of its own (hashlib releases the GIL).
+
+    Events arrive in order: ``bytes``/``memoryview`` data, ``_SEG`` (a segment ends) and ``_PART``
+    (a part ends). ``per`` is ``"part"`` (one digest per part) or ``"segment"`` (a list per part).
+    """
+
+    def __init__(self, per: str) -> None:
+        super().__init__(name=f"payload-{per}-hash", daemon=True)
+        self.per = per
+        self.q: queue.Queue = queue.Queue(maxsize=16)
+        self.results: list = []
+        self._h = hashlib.sha256()
+        self._fill = 0
+        self._segs: list[str] = []
+
+    def run(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if item is _SEG:
+                if self.per == "segment":
+                    self._segs.append(self._h.hexdigest())
+                    self._h, self._fill = hashlib.sha256(), 0
+            elif item is _PART:
+                if self.per == "segment":
+                    if self._fill:
+                        self._segs.append(self._h.hexdigest())
+                    self.results.append(tuple(self._segs))
+                    self._segs = []
+                else:
+                    self.results.append(self._h.hexdigest())
+                self._h, self._fill = hashlib.sha256(), 0
+            else:
+                self._h.update(item)
+                self._fill += len(item)
+
+
+_SEG, _PART = object(), object()
+
+
 class PartWriter(io.RawIOBase):
+    """Write-only file object cutting the payload into parts, hashed whole and per segment.
+
+    The main thread only writes; two helper threads hash (the part's sha256 and its segments'),
+    so the three run on the cores side by side. ``parts`` is complete once :meth:`close` returned.
+    """
+
     def __init__(self, out_dir: Path, max_part_size: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
         super().__init__()
         if max_part_size <= 0 or segment_size <= 0:
@@ -196,40 +244,43 @@ class PartWriter(io.RawIOBase):
         self.max = max_part_size
         self.segment_size = segment_size
         self.parts: list[PartRef] = []
+        self._done: list[tuple[str, int]] = []     # finished parts: (name, size), hashes follow
         self._fh = None
-        self._hash = None
-        self._seg = None
-        self._segs: list[str] = []
         self._seg_fill = 0
         self._size = 0
         self.total = 0
+        self._hashers = (_Hasher("part"), _Hasher("segment"))
+        for h in self._hashers:
+            h.start()
 
     def writable(self) -> bool:
         return True
 
+    def _emit(self, item) -> None:
+        for h in self._hashers:
+            h.q.put(item)
+
     def _open(self) -> None:
-        name = part_name(len(self.parts))
+        name = part_name(len(self._done))
         self._fh = open(self.out_dir / (name + ".partial"), "wb")
-        self._hash = hashlib.sha256()
-        self._seg = hashlib.sha256()
-        self._segs = []
         self._seg_fill = 0
         self._size = 0
 
     def _finish(self) -> None:
-        assert self._fh is not None and self._hash is not None and self._seg is not None
-        name = part_name(len(self.parts))
-        if self._seg_fill:
-            self._segs.append(self._seg.hexdigest())
+        assert self._fh is not None
+        name = part_name(len(self._done))
+        self._emit(_PART)
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
         os.replace(self.out_dir / (name + ".partial"), self.out_dir / name)
-        self.parts.append(PartRef(name, self._size, self._hash.hexdigest(), tuple(self._segs)))
+        self._done.append((name, self._size))
         self._fh = None
 
     def write(self, data) -> int:  # type: ignore[override]
-        view = memoryview(data).cast("B")
+        if not isinstance(data, bytes):
+            data = bytes(data)      # the hash threads read it later: it must not change
+        view = memoryview(data)
         n = len(view)
         while view:
             if self._fh is None:
@@ -237,15 +288,13 @@ class PartWriter(io.RawIOBase):
             room = min(self.max - self._size, self.segment_size - self._seg_fill)
             chunk = view[:room]
             self._fh.write(chunk)
-            self._hash.update(chunk)
-            self._seg.update(chunk)
+            self._emit(chunk)
             self._size += len(chunk)
             self._seg_fill += len(chunk)
             self.total += len(chunk)
             view = view[len(chunk):]
             if self._seg_fill == self.segment_size:
-                self._segs.append(self._seg.hexdigest())
-                self._seg = hashlib.sha256()
+                self._emit(_SEG)
                 self._seg_fill = 0
             if self._size == self.max:
                 self._finish()
@@ -253,12 +302,19 @@ class PartWriter(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            if self._fh is not None and self._size > 0:
-                self._finish()
-            elif self._fh is not None:
-                self._fh.close()
-                os.unlink(self.out_dir / (part_name(len(self.parts)) + ".partial"))
-            fsync_dir(self.out_dir)
+            try:
+                if self._fh is not None and self._size > 0:
+                    self._finish()
+                elif self._fh is not None:
+                    self._fh.close()
+                    os.unlink(self.out_dir / (part_name(len(self._done)) + ".partial"))
+                fsync_dir(self.out_dir)
+            finally:
+                self._emit(None)
+                for h in self._hashers:
+                    h.join()
+            whole, segs = self._hashers[0].results, self._hashers[1].results
+            self.parts = [PartRef(name, size, whole[k], segs[k]) for k, (name, size) in enumerate(self._done)]
         super().close()
 
 

@@ -194,14 +194,15 @@ def test_payload_is_deterministic(tmp_path):
     assert [d for _, d in got] == [p.read_bytes() for _, p in blobs]
 
 
-def test_damaged_blob_is_caught_and_removed(tmp_path):
+def test_blob_of_the_wrong_size_is_caught_and_removed(tmp_path):
     (tmp_path / "blobs").mkdir()
     entry, path = _blob_file(tmp_path / "blobs", b"x" * 5000)
-    path.write_bytes(b"y" * 5000)
+    path.write_bytes(b"y" * 4999)
     (tmp_path / "out").mkdir()
     w = PartWriter(tmp_path / "out", MIN_PART_SIZE)
     with pytest.raises(CacheError, match="changed on disk"):
         write_payload(w, [(entry, path)])
+    w.close()
     assert not path.exists()
 
 
@@ -468,17 +469,24 @@ def test_killed_build_resumes(registry, seeded, signing_key, tmp_path):
     assert not Path(str(out) + ".partial").exists()
 
 
-def test_kept_work_folder_is_reused(registry, seeded, signing_key, tmp_path):
+def test_kept_work_folder_is_reused_and_a_damaged_blob_fetched_again(registry, seeded, signing_key, tmp_path):
     work = tmp_path / "work"
     first = cli(build_args(registry, signing_key, tmp_path / "a", "--work-dir", str(work), "--keep-work"),
                 no_engine_env())
     assert first.returncode == 0, first.stderr
     blobs = work / "store" / "blobs" / "sha256"
     before = {p.name: p.stat().st_mtime_ns for p in blobs.iterdir()}
+    damaged = max(blobs.iterdir(), key=lambda p: p.stat().st_size)   # the biggest layer
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 1
+    damaged.write_bytes(bytes(data))
+    before[damaged.name] = damaged.stat().st_mtime_ns
     second = cli(build_args(registry, signing_key, tmp_path / "b", "--work-dir", str(work), "--keep-work"),
                  no_engine_env())
     assert second.returncode == 0, second.stderr
-    assert {p.name: p.stat().st_mtime_ns for p in blobs.iterdir()} == before   # nothing fetched twice
+    after = {p.name: p.stat().st_mtime_ns for p in blobs.iterdir()}
+    assert {n for n in before if after[n] != before[n]} == {damaged.name}   # only the damaged blob fetched again
+    assert hashlib.sha256(damaged.read_bytes()).hexdigest() == damaged.name
     assert manifest_of(tmp_path / "a").parts == manifest_of(tmp_path / "b").parts   # same bytes
 
 
