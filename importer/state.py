@@ -5,6 +5,13 @@ The Toolkit folder itself is flock()ed while an upgrade or rollback runs.
 ``<toolkit>/.overleaf-airgap/`` (made by the first change, never by a refused run)
   ``journal.json`` where the upgrade is: plan, per-step status and phase (atomic rewrite)
   ``audit.log``   append-only JSON lines: time, bundle id, action, result (for change records)
+
+A journal that is not what :meth:`Journal.save` writes is refused with ToolkitError (exit 30).
+
+    with ToolkitLock(toolkit):
+        journal = Journal.load(toolkit) or Journal.new(toolkit, bundle_id, plan, "5.5.8")
+        journal.set_status(journal.next_step()["id"], "running")
+        Audit(toolkit, bundle_id).record("upgrade", "started")
 """
 from __future__ import annotations
 
@@ -18,13 +25,61 @@ from typing import Any
 from manifests.atomic import atomic_write_bytes
 from manifests.bundle import iso, utc_now
 from manifests.errors import ToolkitError
+from manifests.safeio import JOURNAL_CAP, loads_json, read_regular
 
 STATE_DIR = ".overleaf-airgap"
 JOURNAL_SCHEMA = 1
 
 
+STATUSES = ("pending", "running", "paused", "failed", "done")
+
+
 def state_dir(toolkit: Path) -> Path:
     return Path(toolkit) / STATE_DIR
+
+
+def journal_problem(d: Any) -> str | None:
+    """What is wrong with a parsed journal (None: it has the shape :meth:`Journal.save` writes).
+
+        journal_problem([])  # -> "not a JSON object"
+    """
+    if not isinstance(d, dict):
+        return "not a JSON object"
+    if d.get("schema") != JOURNAL_SCHEMA or isinstance(d.get("schema"), bool):
+        return f"schema {d.get('schema')!r}, expected {JOURNAL_SCHEMA}"
+    for key in ("bundle_id", "start_version", "started"):
+        if not isinstance(d.get(key), str):
+            return f"{key!r} is missing or not a string"
+    if d.get("finished") is not None and not isinstance(d["finished"], str):
+        return "'finished' is not a string"
+    plan, steps = d.get("plan"), d.get("steps")
+    if not isinstance(plan, dict) or not isinstance(plan.get("steps"), list):
+        return "'plan' has no list of steps"
+    if not isinstance(steps, dict):
+        return "'steps' is not an object"
+    ids = []
+    for s in plan["steps"]:
+        if not isinstance(s, dict) or not isinstance(s.get("id"), str):
+            return "a plan step has no id"
+        ids.append(s["id"])
+    if len(set(ids)) != len(ids):
+        return "the plan repeats a step id"
+    missing = [sid for sid in ids if sid not in steps]
+    if missing:
+        return f"plan step {missing[0]!r} has no status entry"
+    for sid, entry in steps.items():
+        if sid not in ids:
+            return f"step {sid!r} is not in the plan"
+        if not isinstance(entry, dict) or entry.get("status") not in STATUSES:
+            return f"step {sid!r} has no valid status"
+        if not isinstance(entry.get("phases"), list) or not all(isinstance(p, str) for p in entry["phases"]):
+            return f"step {sid!r} has no list of phases"
+        if "note" in entry and not isinstance(entry["note"], str):
+            return f"step {sid!r} has a note that is not a string"
+    backups = d.get("backups", [])
+    if not isinstance(backups, list) or not all(isinstance(b, dict) for b in backups):
+        return "'backups' is not a list of objects"
+    return None
 
 
 class ToolkitLock:
@@ -94,18 +149,23 @@ class Journal:
 
     @classmethod
     def load(cls, toolkit: Path) -> "Journal | None":
+        """The journal of ``toolkit``, or None when there is none.
+
+        ToolkitError (exit 30) for a journal that cannot be read or does not have the shape
+        :meth:`save` writes: every plan step needs a status entry, every status is known."""
         path = state_dir(toolkit) / "journal.json"
-        if not path.exists():
-            return None
+        hint = "Restore it from the audit log's record or move it away to start over."
+        what = "the upgrade journal"
         try:
-            d = json.loads(path.read_text("utf-8"))
-            if d.get("schema") != JOURNAL_SCHEMA:
-                raise ValueError(f"schema {d.get('schema')!r}")
-            return cls(Path(toolkit), d["bundle_id"], d["plan"], d["start_version"], d["started"],
-                       d["steps"], d.get("backups", []), d.get("finished"))
-        except (OSError, ValueError, KeyError) as exc:
-            raise ToolkitError(f"the upgrade journal {path} is unreadable: {exc}",
-                               "Restore it from the audit log's record or move it away to start over.") from exc
+            data = read_regular(path, JOURNAL_CAP, what, ToolkitError, hint=hint)
+        except FileNotFoundError:
+            return None
+        d = loads_json(data, f"{what} {path}", ToolkitError, hint)
+        problem = journal_problem(d)
+        if problem:
+            raise ToolkitError(f"{what} {path} is unreadable: {problem}", hint)
+        return cls(Path(toolkit), d["bundle_id"], d["plan"], d["start_version"], d["started"],
+                   d["steps"], d.get("backups", []), d.get("finished"))
 
     def save(self) -> None:
         d = {"schema": JOURNAL_SCHEMA, "bundle_id": self.bundle_id, "plan": self.plan,

@@ -7,9 +7,14 @@ A target may only raise its harness's ``ALLOWED`` errors (each maps to a documen
 from __future__ import annotations
 
 import importlib
+import json
+import subprocess
+import sys
 
 import pytest
 
+from importer.state import Journal, state_dir
+from manifests.errors import ToolkitError
 from tests.fuzz import HARNESSES
 
 HOSTILE = [
@@ -32,8 +37,6 @@ FINDINGS = [
     ("manifest", b'{"format":"overleaf-airgap-bundle","schema":2,"sequence":' + b"9" * 5000 + b"}",
      "5000-digit number in the manifest"),
 ]
-# findings in code other helpers own, not fixed yet: they fail until importer/state.py is fixed
-OPEN = {"journal"}
 
 
 def _run(name: str, data: bytes) -> None:
@@ -44,24 +47,73 @@ def _run(name: str, data: bytes) -> None:
         pass
 
 
-def _checked(name: str, data: bytes, why: str) -> None:
-    """Run; a crash in a harness listed in OPEN is an expected failure until its owner fixes it (then it passes)."""
-    try:
-        _run(name, data)
-    except Exception as exc:  # noqa: BLE001
-        if name in OPEN:
-            pytest.xfail(f"open finding, owner: the upgrade helper (importer/state.py): {why}: "
-                         f"{type(exc).__name__}: {str(exc)[:100]}")
-        raise
-
-
 @pytest.mark.parametrize("name", list(HARNESSES))
 def test_harness_survives_its_seeds_and_hostile_inputs(name):
     mod = importlib.import_module(HARNESSES[name])
     for data in [*getattr(mod, "SEEDS", []), *HOSTILE]:
-        _checked(name, data, "importer/state.py Journal.load: see FINDINGS")
+        _run(name, data)
 
 
 @pytest.mark.parametrize("name,data,why", FINDINGS, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(FINDINGS)])
 def test_fuzz_finding_is_refused_cleanly(name, data, why):
-    _checked(name, data, why)
+    _run(name, data)
+
+
+# --- the journal: a bad one is refused with exit 30 and says what is wrong ----------------------------
+_GOOD_JOURNAL = {"schema": 1, "bundle_id": "b", "plan": {"from": "5.5.3", "to": "5.5.4", "steps": [
+    {"id": "01-app-5.5.4", "kind": "app", "description": "d", "version": "5.5.4"}]},
+    "start_version": "5.5.3", "started": "t", "steps": {"01-app-5.5.4": {"status": "pending", "phases": []}},
+    "backups": [], "finished": None}
+
+
+def _with(**changes):
+    d = json.loads(json.dumps(_GOOD_JOURNAL))
+    for key, value in changes.items():
+        d[key] = value
+    return json.dumps(d).encode()
+
+
+@pytest.mark.parametrize("data,needle", [
+    (b"3", "not a JSON object"),
+    (b"[]", "not a JSON object"),
+    (FINDINGS[1][1], "plan step '00-app-5.5.4' has no status entry"),
+    (_with(steps={}), "plan step '01-app-5.5.4' has no status entry"),
+    (_with(steps={"01-app-5.5.4": {"status": "weird", "phases": []}}), "has no valid status"),
+    (_with(steps={"01-app-5.5.4": {"status": "done", "phases": 3}}), "has no list of phases"),
+    (_with(schema=True), "schema True"),
+    (_with(bundle_id=None), "'bundle_id' is missing"),
+    (_with(backups={}), "'backups' is not a list"),
+    (b'{"schema": 1, "plan": [Infinity]}', "upgrade journal"),
+    (b"\xff", "not UTF-8"),
+], ids=["int", "list", "fuzz-missing-status", "no-steps", "bad-status", "bad-phases", "bool-schema", "no-bundle",
+        "backups", "infinity", "not-utf8"])
+def test_a_bad_journal_is_refused_with_exit_30_and_a_reason(tmp_path, data, needle):
+    state_dir(tmp_path).mkdir()
+    (state_dir(tmp_path) / "journal.json").write_bytes(data)
+    with pytest.raises(ToolkitError) as err:
+        Journal.load(tmp_path)
+    assert err.value.exit_code == 30 and needle in err.value.message and err.value.hint
+    assert "journal" in err.value.message
+
+
+def test_a_good_journal_loads_and_answers(tmp_path):
+    state_dir(tmp_path).mkdir()
+    (state_dir(tmp_path) / "journal.json").write_bytes(_with())
+    j = Journal.load(tmp_path)
+    assert j is not None and j.next_step()["id"] == "01-app-5.5.4" and j.done_count() == 0
+    j.set_status("01-app-5.5.4", "done")
+    again = Journal.load(tmp_path)
+    assert again is not None and again.next_step() is None and again.done_count() == 1
+    (state_dir(tmp_path) / "journal.json").unlink()
+    assert Journal.load(tmp_path) is None
+
+
+def test_status_command_with_a_bad_journal_exits_30_without_a_traceback(tmp_path):
+    from tests.support.toolkit import make_toolkit
+    tk = make_toolkit(tmp_path, "5.5.3", git=False)
+    state_dir(tk.root).mkdir()
+    (state_dir(tk.root) / "journal.json").write_bytes(b"3")
+    out = subprocess.run([sys.executable, "-m", "importer.cli", "status", "--toolkit", str(tk.root)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 30, out.stdout + out.stderr
+    assert "not a JSON object" in out.stderr and "Traceback" not in out.stderr

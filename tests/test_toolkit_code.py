@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from importer.cli_upgrade import update_toolkit_code
+from importer.upgrade import update_toolkit_code
 from manifests.errors import ToolkitError
 
 

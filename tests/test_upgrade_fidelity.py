@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from importer.backup import check_record, create_backup, load_record, restore_backup
-from importer.cli_upgrade import update_toolkit_code
+from importer.upgrade import update_toolkit_code
 from importer.grammar import ConfigValueError, check_config_value
 from importer.state import Audit, Journal
 from importer.toolkit import Toolkit as ImporterToolkit
@@ -93,6 +93,26 @@ def test_preflight_reports_overleaf_text_below_5(tmp_path):
     assert compose_ok(tk).returncode == 1
     problems = preflight(ctx_for(tk), plan_for("4.2.9", "5.5.8", mongo="4.4", redis="6.2"), None, everything_present)
     assert any("OVERLEAF_ text" in p for p in problems), problems
+
+
+def test_a_resume_after_the_rename_step_accepts_overleaf_names_below_5(tmp_path):
+    """Killed right after the rename step (config/version still 4.2.9): the OVERLEAF_ names are the upgrade's
+    own; --resume must go on to the 5.x step, not refuse (found by the kill test)."""
+    tk = make_toolkit(tmp_path, "4.2.9", mongo="6.0", mongo_legacy=False)
+    (tk.data("mongo") / "x").write_text("x")
+    plan = plan_for("4.2.9", "5.5.8", mongo="6.0", redis="6.2")
+    j = Journal.new(tk.root, "b", plan, "4.2.9")
+    fresh = preflight(ctx_for(tk), plan, j, everything_present)
+    ImporterToolkit(tk.root).rename_sharelatex_vars(["variables.env"])
+    assert "OVERLEAF_APP_NAME" in tk.variables()
+    assert any("OVERLEAF_ text" in p for p in preflight(ctx_for(tk), plan, None, everything_present))
+    for s in plan["steps"]:
+        j.steps[s["id"]]["status"] = "done"
+        if s["kind"] == "config":
+            break
+    assert j.next_step()["kind"] == "app"
+    resumed = preflight(ctx_for(tk), plan, j, everything_present)
+    assert not any("OVERLEAF_ text" in p for p in resumed) and resumed == fresh, resumed
 
 
 def test_a_5x_site_is_asked_for_the_secret(tmp_path):

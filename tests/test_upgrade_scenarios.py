@@ -50,7 +50,7 @@ def clean(offline_engine):
     yield made
     for tk in made:
         tk.down()
-    subprocess.run(["docker", "rm", "-f", "-v", "ext-mongo"], env=offline_engine.env(), capture_output=True)
+    subprocess.run(["docker", "rm", "-f", "-v", "ext-mongo", "ext-redis"], env=offline_engine.env(), capture_output=True)
     remove_toolkit_containers(offline_engine)
 
 
@@ -191,6 +191,55 @@ def test_external_mongodb_pauses_for_its_admin_then_resume_checks(offline_engine
     assert out.returncode == 0, out.stdout + out.stderr
     assert tk.version() == "5.0.7" and "mongo" not in tk.states()
     subprocess.run(["docker", "network", "rm", f"{project}_default"], env=env, capture_output=True)
+
+
+def test_external_redis_pauses_for_its_admin_then_resume_checks(offline_engine, clean, tmp_path):
+    """REDIS_ENABLED=false: the upgrade never runs a redis container; at the Redis step it reads the external
+    server's version from the app container, pauses (exit 40) for its admin, and --resume checks the new one."""
+    seed_overleaf_path(offline_engine, ["5.5.8", "6.2.2"], mongo=["6.0", "7.0", "8.0"], redis=["6.2", "7.4"])
+    project = "overleaf-extredis"
+    env = offline_engine.env()
+    subprocess.run(["docker", "network", "create", "--label", "com.docker.compose.network=default",
+                    "--label", f"com.docker.compose.project={project}", f"{project}_default"], env=env,
+                   capture_output=True)
+    ext = tmp_path / "ext-redis-data"
+    ext.mkdir()
+
+    def run_ext(tag: str) -> None:
+        subprocess.run(["docker", "rm", "-f", "ext-redis"], env=env, capture_output=True)
+        subprocess.run(["docker", "run", "-d", "--name", "ext-redis", "--network", f"{project}_default",
+                        "-v", f"{ext}:/data", f"redis:{tag}"], env=env, check=True, capture_output=True)
+        time.sleep(1.5)
+
+    run_ext("6.2")
+    tk = make_toolkit(tmp_path, "5.5.8", engine=offline_engine, mongo="6.0", mongo_legacy=False, redis="6.2",
+                      project_name=project, rc={"REDIS_ENABLED": "false"},
+                      variables={"OVERLEAF_REDIS_HOST": "ext-redis"})
+    clean.append(tk)
+    try:
+        tk.run("up", "-d")
+        tk.wait_healthy()
+        assert "redis" not in tk.states()  # the Toolkit runs no redis container
+        plan = plan_file(tmp_path, "5.5.8", "6.2.2", mongo="6.0", redis="6.2")
+        assert any(s["kind"] == "redis" for s in json.loads(plan.read_text())["steps"])
+        out = drive(tk, plan)
+        assert out.returncode == 40 and "binary files" in out.stderr, out.stdout + out.stderr
+        assert "NOT in this backup: Redis is external" in out.stderr
+        out = drive(tk, plan, "--resume")
+        assert out.returncode == 40, out.stdout + out.stderr
+        assert "Redis is external (REDIS_ENABLED=false)" in out.stderr and "It runs 6.2" in out.stderr
+        assert "redis" not in tk.states() and tk.rc()["REDIS_IMAGE"] == "redis:6.2"  # nothing managed for it
+        out = drive(tk, plan, "--resume")  # nothing done yet: it pauses again
+        assert out.returncode == 40 and "It runs 6.2" in out.stderr, out.stdout + out.stderr
+        run_ext("7.4")  # the Redis admin's upgrade
+        out = drive(tk, plan, "--resume")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert tk.version() == "6.2.2" and "redis" not in tk.states()
+        assert tk.running_images()["sharelatex"] == "sharelatex/sharelatex:6.2.2"
+    finally:
+        subprocess.run(["docker", "rm", "-f", "ext-redis"], env=env, capture_output=True)
+        tk.down()
+        subprocess.run(["docker", "network", "rm", f"{project}_default"], env=env, capture_output=True)
 
 
 def test_fcv_waits_for_the_replica_set_primary_and_adopts_the_split_form(offline_engine, clean, tmp_path):

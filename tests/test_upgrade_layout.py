@@ -1,0 +1,99 @@
+"""The upgrade's layout (issue 12 item 1): typed steps, modules split by phase, no import circles, no CLI below.
+
+Pure tests: no engine.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from importer.upgrade import RunStep, describe, plan_steps, remaining_steps
+from importer.state import Journal
+from manifests.catalog import load_catalog
+from manifests.errors import ManifestFormatError
+from manifests.planner import PlanRequest, make_plan
+from tests import test_docstrings as docs
+
+IMPORTER = Path(__file__).resolve().parents[1] / "importer"
+UPGRADE_MODULES = {"upgrade", "upgrade_base", "preflight", "runner", "rollback", "toolkit_code", "state", "backup",
+                   "toolkit", "grammar"}
+
+
+def _plan(frm="3.5.10", to="6.2.2", **kw):
+    return make_plan(load_catalog(overlay=False), PlanRequest(frm, to, mongo="4.4", redis="6.2", **kw)).to_dict()
+
+
+def test_plan_steps_are_typed_with_the_plans_ids():
+    plan = _plan()
+    steps = plan_steps(plan)
+    assert [s.id for s in steps] == [s["id"] for s in plan["steps"]]
+    assert all(isinstance(s, RunStep) for s in steps)
+    mongo = next(s for s in steps if s.kind == "mongo")
+    assert (mongo.from_version, mongo.version, mongo.images) == ("4.4", "5.0", ("mongo:5.0",))
+    secret = next(s for s in steps if s.kind == "config" and s.variable)
+    assert secret.variable == "OVERLEAF_INVITE_TOKEN_SECRET" and secret.make
+    assert [s.major for s in steps if s.kind == "backup"] == [s.get("major", False) for s in plan["steps"]
+                                                             if s["kind"] == "backup"]
+    # describe takes a typed step or the plan's JSON of it, with the same words
+    assert describe(mongo) == describe(plan["steps"][[s.id for s in steps].index(mongo.id)])
+
+
+def test_remaining_steps_skip_what_the_journal_has_done(tmp_path):
+    plan = _plan()
+    j = Journal.new(tmp_path, "b", plan, "3.5.10")
+    first = plan["steps"][0]["id"]
+    j.steps[first]["status"] = "done"
+    assert [s.id for s in remaining_steps(plan, j)] == [s["id"] for s in plan["steps"][1:]]
+
+
+def test_a_plan_whose_images_do_not_match_its_steps_is_malformed():
+    plan = _plan()
+    plan["images"] = plan["images"][1:]
+    with pytest.raises(ManifestFormatError, match="image list"):
+        plan_steps(plan)
+
+
+def _imports(module: str) -> set[str]:
+    tree = ast.parse((IMPORTER / f"{module}.py").read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            out |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("importer."):
+            out.add(node.module.split(".")[1])
+    return out
+
+
+def test_the_upgrade_modules_import_no_cli_and_form_no_circle():
+    graph = {m: _imports(m) for m in UPGRADE_MODULES}
+    for module, deps in graph.items():
+        assert not {d for d in deps if d.startswith("cli")}, (module, deps)
+
+    def reach(start: str, seen: set[str]) -> set[str]:
+        for d in graph.get(start, set()) & UPGRADE_MODULES:
+            if d not in seen:
+                seen.add(d)
+                reach(d, seen)
+        return seen
+    for module in UPGRADE_MODULES:
+        assert module not in reach(module, set()), f"import circle through importer/{module}.py"
+    # the phases build on the shared base, never on one another's internals (only the runner calls preflight)
+    assert graph["preflight"] & {"runner", "rollback", "upgrade"} == set()
+    assert graph["rollback"] & {"runner", "preflight", "upgrade"} == set()
+    assert graph["runner"] & {"rollback", "upgrade"} == set()
+
+
+def test_the_cli_module_only_parses_and_prints():
+    deps = _imports("cli_upgrade")
+    assert deps <= {"upgrade", "cli"}, deps   # importer.cli: only the shared verify/load front ends, when run
+    text = (IMPORTER / "cli_upgrade.py").read_text()
+    for orchestration in ("Journal", "ToolkitLock", "run_upgrade", "preflight(", "git"):
+        assert orchestration not in text, orchestration
+
+
+@pytest.mark.parametrize("name", sorted(docs.UPGRADE_AREA | {"importer.toolkit_code"}))
+def test_upgrade_module_docstrings_show_calls_that_exist(name):
+    """The upgrade area's modules, under the check tests/test_docstrings.py runs for the others."""
+    docs.test_module_docstring_has_an_example_whose_calls_exist(name)
