@@ -30,9 +30,9 @@ _SHARED: dict[str, Callable[..., Any]] = {}
 def _front_ends() -> tuple[Callable[..., Any], Callable[..., Any]]:
     """The verify and load front ends shared with ``overleaf-import load`` (given to :func:`register`)."""
     if "verified" not in _SHARED or "load" not in _SHARED:
-        from .cli import _load, _verified  # importer.cli registers these commands: looked up only when run
-        _SHARED.setdefault("verified", _verified)
-        _SHARED.setdefault("load", _load)
+        from .cli_common import load_verified, verified
+        _SHARED.setdefault("verified", verified)
+        _SHARED.setdefault("load", load_verified)
     return _SHARED["verified"], _SHARED["load"]
 
 

@@ -87,7 +87,7 @@ def test_the_upgrade_modules_import_no_cli_and_form_no_circle():
 
 def test_the_cli_module_only_parses_and_prints():
     deps = _imports("cli_upgrade")
-    assert deps <= {"upgrade", "cli"}, deps   # importer.cli: only the shared verify/load front ends, when run
+    assert deps <= {"upgrade", "cli_common"}, deps   # cli_common: the verify/load front ends shared with cli
     text = (IMPORTER / "cli_upgrade.py").read_text()
     for orchestration in ("Journal", "ToolkitLock", "run_upgrade", "preflight(", "git"):
         assert orchestration not in text, orchestration
