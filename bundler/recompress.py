@@ -41,6 +41,7 @@ from manifests.atomic import atomic_write_bytes, fsync_dir
 from manifests.bundle import (DIGEST_RE, LAYER_TYPES, MANIFEST_TYPES, OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST,
                               BlobEntry, ImageEntry)
 from manifests.errors import ReencodeError
+from manifests.payload import zstd_decompressor
 
 CHUNK = 1024 * 1024
 ZSTD_LEVEL = 3
@@ -259,7 +260,7 @@ def _gunzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 
 def _unzstd(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    dctx = zstandard.ZstdDecompressor()
+    dctx = zstd_decompressor()
     src = _IterReader(chunks)
     try:
         reader = dctx.stream_reader(src, read_size=CHUNK, read_across_frames=True)

@@ -57,7 +57,7 @@ from manifests.bundle import LAYER_TYPES, OCI_INDEX, BlobEntry, BundleManifest, 
 from manifests.errors import (AirgapError, BundleError, EngineError, IntegrityError, PayloadFormatError,
                               TagConflictError)
 from manifests.imageref import normalize, split_ref
-from manifests.payload import SegmentReader, iter_members
+from manifests.payload import SegmentReader, iter_members, zstd_decompressor
 from manifests.receipt import chain_ids
 
 from .engine import (EngineInfo, HostImages, down_error, engine_info, engine_name, image_id, inspect, stream_error,
@@ -67,7 +67,6 @@ from .verify import VerifiedBundle
 CHUNK = 1024 * 1024
 PIPE_SIZE = 1024 * 1024
 SMALL_BLOB_MAX = 16 * 1024 * 1024    # manifests and configs are read whole: never more than this
-ZSTD_WINDOW_MAX = 1 << 27            # 128 MiB: zstd's default decoder limit, set explicitly
 BAD_BUNDLE = "The bundle is malformed or was made by a bad signer: do not use it; ask its builder for a new one."
 
 
@@ -263,7 +262,7 @@ class ArchiveWriter:
 
 
 def _decoder() -> zstandard.ZstdDecompressor:
-    return zstandard.ZstdDecompressor(max_window_size=ZSTD_WINDOW_MAX)
+    return zstd_decompressor()
 
 
 class _VerifyingReader:

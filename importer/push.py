@@ -47,7 +47,7 @@ from manifests.bundle import BlobEntry, BundleManifest
 from manifests.distribution import RegistryClient, is_loopback
 from manifests.errors import IntegrityError, MissingLayersError, RegistryAddressError, RegistryError
 from manifests.imageref import normalize, split_ref
-from manifests.payload import SegmentReader, iter_members
+from manifests.payload import SegmentReader, iter_members, zstd_decompressor
 
 CHUNK = 1024 * 1024
 MANIFEST_LIMIT = 4 * 1024 * 1024
@@ -228,7 +228,7 @@ class _OneShotBlob:
 
     def __init__(self, member, blob: BlobEntry) -> None:
         self.blob = blob
-        self.src = (zstandard.ZstdDecompressor().stream_reader(member, read_size=CHUNK, read_across_frames=True,
+        self.src = (zstd_decompressor().stream_reader(member, read_size=CHUNK, read_across_frames=True,
                                                                closefd=False)
                     if blob.encoding == "zstd" else member)
         self.hash = hashlib.sha256()

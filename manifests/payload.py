@@ -39,6 +39,15 @@ from .errors import BundleError, IntegrityError, PayloadFormatError
 from .safeio import open_regular
 
 BLOCK = 512
+ZSTD_WINDOW_MAX = 1 << 27            # 128 MiB: zstd's default decoder limit, set explicitly (the builder uses less)
+
+
+def zstd_decompressor():
+    """The one zstd decoder every reader of untrusted zstd uses: its window limit set explicitly."""
+    import zstandard  # noqa: PLC0415 - only readers of zstd need it
+
+    return zstandard.ZstdDecompressor(max_window_size=ZSTD_WINDOW_MAX)
+
 USTAR_OCTAL_MAX = 8**11 - 1     # largest size the 11 octal digits of a ustar size field hold
 
 

@@ -10,8 +10,7 @@ is a finding: ``python3 -m tests.fuzz`` saves the input under ``tests/fuzz/crash
 
 Harnesses (:data:`HARNESSES`): the manifest parser and validator, the bundle's catalog
 overlay, the Toolkit config parser, the anti-rollback state file, the upgrade journal and
-the inventory receipt. Hook for the payload/segment reader: add ``tests/fuzz/fuzz_payload.py``
-with the same two names and list it in :data:`HARNESSES`.
+the inventory receipt, and the payload reader (segments, strict ustar, zstd members).
 """
 from __future__ import annotations
 
@@ -22,5 +21,5 @@ HARNESSES: dict[str, str] = {
     "state": "tests.fuzz.fuzz_state",
     "journal": "tests.fuzz.fuzz_journal",
     "receipt": "tests.fuzz.fuzz_receipt",
-    # "payload": "tests.fuzz.fuzz_payload",   # the segment/payload reader (added with bundle format 2)
+    "payload": "tests.fuzz.fuzz_payload",
 }
