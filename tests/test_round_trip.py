@@ -11,6 +11,8 @@ image's manifest by digest from the registry.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import subprocess
@@ -112,5 +114,69 @@ def test_build_verify_load_inventory_delta_load(each_offline_engine, mirrored, r
         assert offline.tags()[NEW] == new.expected_id(engine.store)
         assert offline.tags()[OLD] == old.expected_id(engine.store)
         offline.runs(NEW)
+    finally:
+        wipe_engine(engine.client())
+
+
+# --- a multi-platform tag (Docker Hub's mongo and redis are image indexes) ------------------------------
+MULTI = "airgap-multi-platform"
+
+
+@pytest.fixture(scope="module")
+def multi_platform(mirrored, registry) -> dict[str, str]:
+    """5.5.4 served as an OCI image index: the real linux/amd64 stand-in beside a linux/arm64 sibling."""
+    from manifests.distribution import OCI_INDEX, RegistryClient
+
+    src_repo, repo = f"{NAMESPACE}/sharelatex/sharelatex", f"{MULTI}/sharelatex/sharelatex"
+    with RegistryClient(registry.address) as client:
+        amd = client.get_manifest(src_repo, "5.5.4")
+        doc = json.loads(amd.data)
+        for blob in [doc["config"], *doc["layers"]]:   # the amd64 image in our repository
+            client.mount_blob(repo, blob["digest"], src_repo)
+        client.put_manifest(repo, amd.digest, amd.data, amd.media_type)
+        arm_config = json.dumps({"architecture": "arm64", "variant": "v8", "os": "linux",
+                                 "rootfs": {"type": "layers", "diff_ids": []}, "config": {}}).encode()
+        arm_config_digest = "sha256:" + hashlib.sha256(arm_config).hexdigest()
+        client.push_blob(repo, arm_config_digest, len(arm_config), lambda: io.BytesIO(arm_config))
+        arm = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                          "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                     "digest": arm_config_digest, "size": len(arm_config)},
+                          "layers": []}).encode()
+        arm_digest = client.put_manifest(repo, "arm64-only", arm, "application/vnd.oci.image.manifest.v1+json")
+        index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm_digest, "size": len(arm),
+             "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+            {"mediaType": amd.media_type, "digest": amd.digest, "size": len(amd.data),
+             "platform": {"os": "linux", "architecture": "amd64"}}]}).encode()
+        index_digest = client.put_manifest(repo, "5.5.4", index, OCI_INDEX)
+    return {"amd64": amd.digest, "arm64": arm_digest, "arm64_config": arm_config_digest, "index": index_digest,
+            "mirror": f"docker.io={registry.address}/{MULTI}"}
+
+
+@pytest.mark.engine
+def test_multi_platform_tag_carries_the_chosen_platform_only(each_offline_engine, multi_platform, release_key,
+                                                              tmp_path):
+    engine = each_offline_engine
+    wipe_engine(engine.client())
+    online, offline = Online(release_key, multi_platform["mirror"]), OfflineHost(engine, tmp_path,
+                                                                                 f"{release_key}.pub")
+    try:
+        online.build(tmp_path / "b", "5.5.3", "5.5.4")
+        m = BundleManifest.from_bytes((tmp_path / "b" / "manifest.json").read_bytes())
+        (img,) = m.images
+        assert img.exact and img.platform == "linux/amd64"
+        assert img.manifest_digest == multi_platform["amd64"] and img.upstream_digest == multi_platform["index"]
+        assert img.index_entry["digest"] == multi_platform["amd64"]
+        assert img.index_entry["platform"] == {"os": "linux", "architecture": "amd64"}
+        carried = {b.digest for b in m.blobs}
+        assert not carried & {multi_platform["arm64"], multi_platform["arm64_config"], multi_platform["index"]}
+        _ok(offline.run("load", str(tmp_path / "b"), "--json"))
+        assert offline.tags()[NEW] == img.expected_id(engine.store)   # the platform manifest's digest (containerd)
+        offline.runs(NEW)
+        # asking for a platform the tag lacks lists those it has
+        bad = _run("bundler.cli", "build", "--from", "5.5.3", "--to", "5.5.4", *STACK, "--key", str(release_key),
+                   "--passphrase-env", "RT_PASS", "--out", str(tmp_path / "s390x"), "--mirror",
+                   multi_platform["mirror"], "--no-importer", "--platform", "linux/s390x", env=online.env)
+        assert bad.returncode == 21 and "linux/amd64" in bad.stderr and "linux/arm64" in bad.stderr, bad.stderr
     finally:
         wipe_engine(engine.client())
