@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from manifests.atomic import fsync_dir
+from manifests.atomic import atomic_write_bytes
 from manifests.distribution import (
     IMAGE_MANIFEST_TYPES,
     Credentials,
@@ -85,17 +84,9 @@ class BlobStore:
         if digest_bytes(data, digest.split(":", 1)[0]) != check_digest(digest):
             raise IntegrityError(f"bytes given for {digest} hash to {digest_bytes(data)}")
         dest = self.path(digest)
-        if dest.is_file():
-            return dest
-        part = self.partial_path(digest)
-        part.parent.mkdir(parents=True, exist_ok=True)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(part, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(part, dest)
-        fsync_dir(dest.parent)
+        if not dest.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(dest, data)
         return dest
 
     def fetch(self, client: RegistryClient, repo: str, digest: str, size: int | None,

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import zstandard
 
-from manifests.atomic import atomic_write_bytes, fsync_dir
+from manifests.atomic import atomic_write_bytes
 from manifests.bundle import (DIGEST_RE, LAYER_TYPES, MANIFEST_TYPES, OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST,
                               BlobEntry, ImageEntry)
 from manifests.errors import ReencodeError
@@ -175,16 +175,7 @@ def write_plain_blob(root: Path, data: bytes) -> Path:
     if path.is_file() and path.stat().st_size == len(data):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path.parent, "")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        _unlink(tmp)
+    atomic_write_bytes(path, data)
     return path
 
 
