@@ -182,8 +182,14 @@ def app_image_ref(cfg: ToolkitConfig) -> str:
     return f"{name}:{cfg.version}"
 
 
+def git_bridge_image_ref(cfg: ToolkitConfig) -> str:
+    """The git-bridge image ``bin/up`` starts: ``GIT_BRIDGE_IMAGE`` (a name, no tag) or Overleaf's, tagged like the
+    app without ``-with-texlive-full``, as the Toolkit's ``read_config`` makes it."""
+    return f"{cfg.git_bridge_image or 'quay.io/sharelatex/git-bridge'}:{cfg.version.removesuffix('-with-texlive-full')}"
+
+
 def expected_stack(cfg: ToolkitConfig) -> dict[str, str | None]:
-    """{container: the image the Toolkit's config makes it run} (None: any image, e.g. git-bridge)."""
+    """{container: the image the Toolkit's config makes it run} (None: any image)."""
     out: dict[str, str | None] = {"sharelatex": app_image_ref(cfg)}
     if mongo_enabled(cfg):
         mongo = cfg.rc.get("MONGO_IMAGE", "mongo")
@@ -193,7 +199,7 @@ def expected_stack(cfg: ToolkitConfig) -> dict[str, str | None]:
     if redis_enabled(cfg):
         out["redis"] = cfg.rc.get("REDIS_IMAGE")
     if git_bridge_on(cfg):
-        out["git-bridge"] = None
+        out["git-bridge"] = git_bridge_image_ref(cfg)
     if cfg.tls_proxy:
         out["nginx"] = cfg.nginx_image
     return out

@@ -20,7 +20,8 @@ Gates, by the version baked into the image:
   >=4.0 replica set initiated; >=5.0 version 5.0; >=5.5 version 6.0, FCV 6.0 from 5.5.1;
   6.0.0 version 6.0 (the upstream bug); >=6.0.1 version 8.0 and FCV 7.0.
 - Redis (``http://redis:6379/version``): >=6.0 version 7.4.
-- Server Pro >=5.2 with ``SANDBOXED_COMPILES=true``: ``TEX_LIVE_DOCKER_IMAGE`` in ``ALL_TEX_LIVE_DOCKER_IMAGES``.
+- Server Pro >=5.2 with ``SANDBOXED_COMPILES=true`` (unless ``SKIP_TEX_LIVE_CHECK=true``): ``TEX_LIVE_DOCKER_IMAGE``
+  and every image the projects use (the mongo stand-in's ``project-images``) in ``ALL_TEX_LIVE_DOCKER_IMAGES``.
 - >=4.0: ``fph-migration.done`` in the data dir, else "Full Project History migration not completed".
 - >=6.0: ``binary-files-migration.done`` in the data dir, else the binary files migration error.
 
@@ -204,6 +205,13 @@ if [ "$OL_EDITION" = pro ] && at_least 5.2.0 && [ "${SANDBOXED_COMPILES:-}" = tr
     *",${TEX_LIVE_DOCKER_IMAGE:-none},"*) ;;
     *) refuse 1 "TEX_LIVE_DOCKER_IMAGE (${TEX_LIVE_DOCKER_IMAGE:-unset}) must be listed in ALL_TEX_LIVE_DOCKER_IMAGES (${ALL_TEX_LIVE_DOCKER_IMAGES:-unset})" ;;
   esac
+  # every image the projects use (db.projects.distinct("imageName"): the mongo stand-in's project-images)
+  for image in $(fetch "http://$mongo_host:27017/project-images" || true); do
+    case ",${ALL_TEX_LIVE_DOCKER_IMAGES:-}," in
+      *",$image,"*) ;;
+      *) refuse 1 "Error: projects use the TeX Live image $image, which is not in ALL_TEX_LIVE_DOCKER_IMAGES (${ALL_TEX_LIVE_DOCKER_IMAGES:-unset}). Add it there, or move them: bin/run-script scripts/update_project_image_name.js $image NEW_IMAGE (or set SKIP_TEX_LIVE_CHECK=true)" ;;
+    esac
+  done
 fi
 
 # Migrations that run when web starts.

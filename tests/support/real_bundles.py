@@ -13,6 +13,7 @@ fixture under a namespace of its own (mirror names: ``docker.io`` -> ``NS``,
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -21,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import docker.errors
+
+from importer.load import pinned_ids
 from manifests.bundle import BundleManifest
 from manifests.catalog import load_catalog
 from manifests.planner import PlanRequest, make_plan
@@ -82,23 +86,40 @@ def upgrade_plan(frm: str, to: str, **request: Any) -> dict[str, Any]:
 
 def seed_and_push(engine: PrivateEngine, registry: PrivateRegistry, plan: dict[str, Any], *,
                   edition: str = "ce", **seed: Any) -> list[str]:
-    """Build the stand-ins the plan's bundle carries on ``engine`` and push them under mirror names."""
+    """Build the stand-ins the plan's bundle carries on ``engine`` (app, git-bridge, MongoDB, Redis, nginx and
+    TeX Live images, as the plan names them) and push them under mirror names."""
     apps = sorted({s["version"] for s in plan["steps"] if s["kind"] == "app"})
     mongos = sorted({s["version"] for s in plan["steps"] if s["kind"] == "mongo"})
     redis = sorted({s["version"] for s in plan["steps"] if s["kind"] == "redis"})
+    options = plan.get("options") or {}
+    texlive_repo = "quay.io/sharelatex/texlive-full:"
+    seed.setdefault("git_bridge", bool(options.get("git_bridge")))
+    seed.setdefault("nginx", sorted(i.split(":", 1)[1] for i in plan["images"] if i.startswith("nginx:")))
+    seed.setdefault("texlive", sorted(i.removeprefix(texlive_repo) for i in plan["images"] if i.startswith(texlive_repo)))
     refs = seed_overleaf_path(engine, apps, edition=edition, mongo=mongos, redis=redis, **seed)  # type: ignore[arg-type]
     wanted = [r for r in refs if r in plan["images"]]
     push_to_registry(engine, registry, wanted, mirrors=mirror_prefixes(registry))
     return wanted
 
 
+def option_args(git_bridge: bool = False, tls_proxy: bool = False, texlive: tuple[str, ...] = ()) -> list[str]:
+    """The Server Pro / TLS proxy options as ``overleaf-bundle`` flags."""
+    args = ["--git-bridge"] if git_bridge else []
+    args += ["--tls-proxy"] if tls_proxy else []
+    for t in texlive:
+        args += ["--texlive", t]
+    return args
+
+
 def build_bundle(registry: PrivateRegistry, key: ReleaseKey, out: Path, frm: str, to: str, *, edition: str = "ce",
-                 mongo: str | None = None, redis: str | None = None, extra: tuple[str, ...] = ()) -> BundleManifest:
+                 mongo: str | None = None, redis: str | None = None, extra: tuple[str, ...] = (),
+                 git_bridge: bool = False, tls_proxy: bool = False, texlive: tuple[str, ...] = ()) -> BundleManifest:
     """``overleaf-bundle build`` from the test registry, with no engine; the signed manifest."""
     args = ["build", "--from", frm, "--to", to, "--edition", edition, "--key", str(key.key),
             "--passphrase-env", PASS_ENV, "--out", str(out), "--max-part-size", "8M", "--no-importer"]
     args += ["--mongo", mongo] if mongo else []
     args += ["--redis", redis] if redis else []
+    args += option_args(git_bridge, tls_proxy, texlive)
     for source, prefix in mirror_prefixes(registry).items():
         args += ["--mirror", f"{source}={prefix}"]
     proc = run_bundler(*args, *extra)
@@ -109,13 +130,30 @@ def build_bundle(registry: PrivateRegistry, key: ReleaseKey, out: Path, frm: str
 
 def build_upgrade_bundle(engine: PrivateEngine, registry: PrivateRegistry, key: ReleaseKey, out: Path, frm: str,
                          to: str, *, edition: str = "ce", mongo: str | None = None, redis: str | None = None,
-                         extra: tuple[str, ...] = (), **seed: Any) -> RealBundle:
-    """Seed, push and build the bundle for ``frm`` -> ``to``; check that it carries the planner's plan."""
+                         extra: tuple[str, ...] = (), git_bridge: bool = False, tls_proxy: bool = False,
+                         texlive: tuple[str, ...] = (), **seed: Any) -> RealBundle:
+    """Seed, push and build the bundle for ``frm`` -> ``to``; check that it carries the planner's plan.
+
+    ``git_bridge``/``tls_proxy``/``texlive`` (Server Pro options) go to the planner and the builder alike;
+    the stand-ins of every image the plan carries are seeded (git-bridge, nginx and TeX Live ones too);
+    ``seed`` goes on to :func:`tests.support.overleaf_images.seed_overleaf_path`."""
+    options = {"git_bridge": git_bridge, "tls_proxy": tls_proxy, "texlive": tuple(texlive)}
     request = {k: v for k, v in (("mongo", mongo), ("redis", redis)) if v}
-    plan = upgrade_plan(frm, to, edition=edition, **request)
+    plan = upgrade_plan(frm, to, edition=edition, **request, **options)
     seed_and_push(engine, registry, plan, edition=edition, **seed)
-    manifest = build_bundle(registry, key, out, frm, to, edition=edition, mongo=mongo, redis=redis, extra=extra)
+    manifest = build_bundle(registry, key, out, frm, to, edition=edition, mongo=mongo, redis=redis, extra=extra,
+                            **options)
     carried = json.loads(json.dumps(manifest.plan))
     if carried["steps"] != plan["steps"]:
         raise AssertionError("the bundle's plan is not the planner's plan")
     return RealBundle(out, key.pub, manifest, carried)
+
+
+def clear_stale_tags(engine: PrivateEngine, bundle: RealBundle) -> None:
+    """Untag the bundle's references that name other images on ``engine`` (same-named stand-ins that other
+    tests built there): the load refuses to move such a tag silently, an offline host would not have them."""
+    client = engine.client()
+    for ref, want in pinned_ids(bundle.manifest, engine.store).items():
+        with contextlib.suppress(docker.errors.NotFound):
+            if client.images.get(ref).id != want:
+                client.images.remove(ref, noprune=True)

@@ -319,6 +319,7 @@ def make_toolkit(
     redis_aof: bool | None = None,
     git_bridge: bool = False,
     nginx: str | None = None,
+    nginx_pinned: bool = True,
     sibling_containers: bool = False,
     texlive: Iterable[str] = (),
     sibling_pull: bool | None = None,
@@ -341,7 +342,9 @@ def make_toolkit(
     - ``config/overleaf.rc``: ``MONGO_IMAGE=mongo:<mongo>`` (``mongo_legacy``) or
       ``MONGO_IMAGE=mongo`` + ``MONGO_VERSION``; ``REDIS_IMAGE=redis:<redis>``;
       ``SERVER_PRO`` for ``edition="pro"``; ``GIT_BRIDGE_ENABLED``, ``NGINX_ENABLED``
-      (+ ``NGINX_IMAGE=nginx:<nginx>``), ``SIBLING_CONTAINERS_ENABLED`` (+ the TeX Live
+      (+ ``NGINX_IMAGE=nginx:<nginx>``; with ``nginx_pinned=False`` that line goes into the
+      copy's ``lib/default.rc`` instead, as a Toolkit checkout of that nginx's era has it),
+      ``SIBLING_CONTAINERS_ENABLED`` (+ the TeX Live
       variables from ``texlive``), ``SIBLING_CONTAINERS_PULL``/``PULL_BEFORE_UPGRADE``
       when given; ``rc_legacy`` writes the old ``SHARELATEX_DATA_PATH`` key (which
       bin/docker-compose refuses until bin/rename-rc-vars); ``rc``/``variables`` add lines.
@@ -370,8 +373,10 @@ def make_toolkit(
         rc_lines.append(f"REDIS_AOF_PERSISTENCE={str(redis_aof).lower()}")
     rc_lines += [f"GIT_BRIDGE_ENABLED={str(git_bridge).lower()}", "GIT_BRIDGE_DATA_PATH=data/git-bridge"]
     rc_lines.append(f"NGINX_ENABLED={str(nginx is not None).lower()}")
-    if nginx is not None:
+    if nginx is not None and nginx_pinned:
         rc_lines.append(f"NGINX_IMAGE=nginx:{nginx}")
+    elif nginx is not None:  # the Toolkit's own default (lib/default.rc), not pinned in config/overleaf.rc
+        _edit_env_file(root / "lib" / "default.rc", {"NGINX_IMAGE": f"nginx:{nginx}"})
     rc_lines.append(f"SIBLING_CONTAINERS_ENABLED={str(sibling_containers).lower()}")
     if sibling_pull is not None:
         rc_lines.append(f"SIBLING_CONTAINERS_PULL={str(sibling_pull).lower()}")
