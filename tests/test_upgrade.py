@@ -30,6 +30,7 @@ from importer.state import ToolkitLock
 from tests.support.overleaf_images import seed_overleaf_path
 from tests.support.real_bundles import RealBundle, build_upgrade_bundle, make_release_key
 from tests.support.toolkit import make_toolkit, remove_toolkit_containers, toolkit_checksums
+from tests.support.engine import classic_compose
 
 FROM, TO = "3.5.10", "6.2.2"
 SHORT_FROM = "5.5.8"   # the two-engine test: binary files migration, two MongoDB hops, the new secret
@@ -74,9 +75,9 @@ def offline_start(offline_engine, upgrade_bundle):
     return offline_engine
 
 
-def host_env(engine, tmp_path, compose="v1"):
+def host_env(engine, tmp_path, compose=None):
     """The importer's environment on an offline host: its engine, its Compose, a state file of the test's own."""
-    return {**engine.env(compose=compose), "OVERLEAF_AIRGAP_STATE": str(tmp_path / "state.json"),
+    return {**engine.env(compose=compose or classic_compose()), "OVERLEAF_AIRGAP_STATE": str(tmp_path / "state.json"),
             "OVERLEAF_AIRGAP_TRUST_DIR": str(tmp_path / "no-trust-dir")}
 
 
@@ -103,14 +104,14 @@ def clear_stale_tags(engine, bundle: RealBundle) -> None:
 
 @pytest.fixture
 def env(offline_start, tmp_path):
-    return host_env(offline_start, tmp_path, "v1")
+    return host_env(offline_start, tmp_path, classic_compose())
 
 
 @pytest.fixture
 def toolkit(offline_start, upgrade_bundle, env, tmp_path):
     remove_toolkit_containers(offline_start)
     clear_stale_tags(offline_start, upgrade_bundle)
-    tk = make_toolkit(tmp_path, FROM, engine=offline_start.env(compose="v1"), mongo="4.4", mongo_legacy=True,
+    tk = make_toolkit(tmp_path, FROM, engine=offline_start.env(compose=classic_compose()), mongo="4.4", mongo_legacy=True,
                       redis="6.2")
     tk.run("up", "-d")
     tk.wait_healthy()
@@ -290,7 +291,7 @@ def tree_hashes(root: Path) -> dict[str, str]:
 
 
 def test_wrong_start_version_is_refused_before_any_change(upgrade_bundle, offline_start, env, tmp_path):
-    tk = make_toolkit(tmp_path, "3.5.9", engine=offline_start.env(compose="v1"), mongo="4.4", redis="6.2")
+    tk = make_toolkit(tmp_path, "3.5.9", engine=offline_start.env(compose=classic_compose()), mongo="4.4", redis="6.2")
     before = toolkit_checksums(tk)
     out = importer(env, *upgrade_args(upgrade_bundle, tk))
     assert out.returncode == 31, out.stdout + out.stderr
@@ -336,6 +337,8 @@ def test_upgrade_on_each_image_store_and_compose(host, short_bundle, request, tm
     the real CLI: Engine 20.10 (classic store) driven through Compose v1, Engine 26 (containerd store) through
     Compose v2. Ends healthy at 6.2.2, each container on the image ID the bundle pins for that store."""
     name, compose = ("offline_engine", "v1") if host.startswith("classic") else ("containerd_engine", "v2")
+    if compose == "v1":
+        compose = classic_compose()   # v2 on Debian 13, which has no Compose v1
     engine = request.getfixturevalue(name)
     remove_toolkit_containers(engine)
     clear_stale_tags(engine, short_bundle)

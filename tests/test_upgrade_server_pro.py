@@ -29,6 +29,7 @@ import pytest
 from importer.load import pinned_ids
 from tests.support.overleaf_images import seed_overleaf_path
 from tests.support.real_bundles import RealBundle, build_upgrade_bundle, clear_stale_tags, make_release_key
+from tests.support.engine import classic_compose
 from tests.support.toolkit import (
     make_toolkit,
     remove_toolkit_containers,
@@ -88,9 +89,9 @@ def test_server_pro_git_bridge_sandboxed_compiles_tls_proxy_5_5_8_to_6_2_2(pro_b
     clear_stale_tags(offline_engine, pro_bundle)  # same-named stand-ins of other tests: an offline host has none
     seed_overleaf_path(offline_engine, [FROM], edition="pro", git_bridge=True, mongo=["6.0"], redis=["7.4"],
                        nginx=["1.28-alpine"])  # what the 5.5.8 site runs (the bundle does not carry it)
-    env = {**offline_engine.env(compose="v1"), "OVERLEAF_AIRGAP_STATE": str(tmp_path / "state.json"),
+    env = {**offline_engine.env(compose=classic_compose()), "OVERLEAF_AIRGAP_STATE": str(tmp_path / "state.json"),
            "OVERLEAF_AIRGAP_TRUST_DIR": str(tmp_path / "no-trust-dir")}
-    tk = make_toolkit(tmp_path, FROM, engine=offline_engine.env(compose="v1"), edition="pro", git_bridge=True,
+    tk = make_toolkit(tmp_path, FROM, engine=offline_engine.env(compose=classic_compose()), edition="pro", git_bridge=True,
                       nginx="1.28-alpine", nginx_pinned=False, sibling_containers=True, sibling_pull=False,
                       texlive=[*TEXLIVE, OLD_TEXLIVE], mongo="6.0", mongo_legacy=False, redis="7.4", redis_aof=True)
     projects = tk.data("mongo") / "project-images"  # db.projects.distinct("imageName") of the mongo stand-in

@@ -216,6 +216,13 @@ def find_compose_v1() -> Path | None:
     return Path(found) if out.strip().startswith("1.") else None
 
 
+def classic_compose() -> str:
+    """The Compose the classic-store offline host is driven with: v1 where this machine can offer it
+    (Debian 12's docker-compose), else v2 (Debian 13 has no Compose v1; its docker-compose is the v2 plugin)."""
+    system_v2 = any((d / "docker-compose").exists() for d in _SYSTEM_PLUGIN_DIRS)
+    return "v1" if find_compose_v1() is not None and not system_v2 else "v2"
+
+
 class PrivateEngine:
     """A throw-away ``dockerd`` with its own containerd, data root, exec root, socket and pidfile.
 
