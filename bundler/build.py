@@ -100,9 +100,6 @@ class _NullBar:
     def update(self, n: int = 1) -> None:
         pass
 
-    def set_postfix_str(self, s: str) -> None:
-        pass
-
 
 class Reporter:
     """What the build tells its user; the CLI gives one with progress bars, the default is silent."""
@@ -373,18 +370,15 @@ class Builder:
             for w in wheel_paths:
                 shutil.copyfile(w, stage / "wheels" / w.name)
                 files.append(_file_ref(stage, f"wheels/{w.name}"))
-            requirements = getattr(wheels_mod, "write_requirements", None)
-            if requirements is not None:
-                name = requirements(stage / "wheels", [stage / "wheels" / w.name for w in wheel_paths])
-                files.append(_file_ref(stage, f"wheels/{Path(name).name}"))
+            name = wheels_mod.write_requirements(stage / "wheels", [stage / "wheels" / w.name for w in wheel_paths])
+            files.append(_file_ref(stage, f"wheels/{Path(name).name}"))
         toolkit = None
         if self.toolkit is not None:
             write_toolkit_bundle(self.toolkit, stage / TOOLKIT_NAME)
             files.append(_file_ref(stage, TOOLKIT_NAME))
             toolkit = {"commit": self.toolkit.commit, "file": TOOLKIT_NAME}
-            branch = getattr(self.toolkit, "branch", None)
-            if branch:
-                toolkit["branch"] = branch
+            if self.toolkit.branch:
+                toolkit["branch"] = self.toolkit.branch
         return files, toolkit
 
     def _write(self, key: Ed25519PrivateKey, stage: Path, mode: str, images: list[PackedImage], omitted: set[str],
@@ -463,10 +457,8 @@ def _unique_blobs(images: list[PackedImage]) -> dict[str, tuple[BlobEntry, Path]
 
 def _catalog_overlay(plan: UpgradePlan) -> dict[str, Any] | None:
     """The catalog overlay the plan was made with (newly published patches), for the importer to plan alike."""
-    try:
-        from manifests.catalog import overlay_for_manifest
-    except ImportError:
-        return None
+    from manifests.catalog import overlay_for_manifest
+
     return overlay_for_manifest(plan)
 
 

@@ -43,12 +43,6 @@ class PackedImage:
         return ImageEntry(self.ref, self.id, self.diff_ids, self.layers, self.platform, self.manifest_digest,
                           self.upstream_digest, self.index_entry, self.exact, self.source, self.size)
 
-    def blob(self, digest: str) -> tuple[BlobEntry, Path]:
-        for e, p in self.blobs:
-            if e.digest == digest:
-                return e, p
-        raise KeyError(digest)
-
     @classmethod
     def from_fetched(cls, f: "FetchedImage", store: "BlobStore") -> "PackedImage":
         """From :class:`bundler.fetch.FetchedImage`: every blob as the registry served it."""

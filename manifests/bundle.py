@@ -131,10 +131,6 @@ class ImageEntry:
     source: str                       # "registry" or "local"
     size: int                         # bytes of the blobs (manifest + config + layers)
 
-    @property
-    def pinned_id(self) -> str:
-        return self.id
-
     def expected_id(self, store: str) -> str:
         """The image ID this image has on an engine with ``store`` ("classic" or "containerd")."""
         return self.manifest_digest if store == "containerd" else self.id
@@ -167,9 +163,6 @@ class PartRef:
     size: int
     sha256: str                  # hex, of the whole part
     segments: tuple[str, ...]    # hex, of each segment_size slice
-
-    def segment_bounds(self, segment_size: int) -> list[tuple[int, int]]:
-        return [(k * segment_size, min(self.size, (k + 1) * segment_size)) for k in range(len(self.segments))]
 
 
 def segment_count(size: int, segment_size: int) -> int:
@@ -230,10 +223,6 @@ class BundleManifest:
     def omitted_layers(self) -> tuple[str, ...]:
         """Layer blob digests a delta bundle left out (the offline host has them)."""
         return tuple((self.delta or {}).get("omitted_layers", ()))
-
-    @property
-    def delta_store(self) -> str | None:
-        return (self.delta or {}).get("store")
 
     # --- encoding -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

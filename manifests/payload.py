@@ -342,8 +342,8 @@ def _bad_part(ref: PartRef, what: str) -> IntegrityError:
 def _read_segment(fh, ref: PartRef, k: int, segment_size: int) -> bytes:
     start = k * segment_size
     want = min(ref.size, start + segment_size) - start
-    data = os.pread(fh.fileno(), want, start) if hasattr(os, "pread") else b""
-    while len(data) < want:
+    data = os.pread(fh.fileno(), want, start)
+    while 0 < len(data) < want:      # a short read (not the end): read on
         more = os.pread(fh.fileno(), want - len(data), start + len(data))
         if not more:
             break
