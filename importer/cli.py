@@ -21,10 +21,10 @@ import typer
 from manifests.bundle import utc_now
 from manifests.console import CTX, emit_json, progress, run, safe, say, warn
 
-from . import engine as eng
-from .cli_common import load_verified as _load, verified as _verified
-from .hoststate import HostState, state_path
-from .verify import VerifiedBundle, summary
+from importer.images import engine as eng
+from importer.cli_common import load_verified as _load, verified as _verified
+from importer.images.hoststate import HostState, state_path
+from importer.images.verify import VerifiedBundle, summary
 
 app = typer.Typer(name="overleaf-import", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False,
@@ -106,8 +106,8 @@ def push(bundle_dir: Path = BundleArg,
          json_out: bool = JsonOpt) -> None:
     """Push every image straight from the bundle to REGISTRY (no engine): same path and tag, same digests."""
     CTX.json = CTX.json or json_out
-    from .push import overleaf_rc, parse_registry, push_bundle
-    from .verify import accept_bundle
+    from importer.images.push import overleaf_rc, parse_registry, push_bundle
+    from importer.images.verify import accept_bundle
 
     def go() -> None:
         target = parse_registry(registry)
@@ -150,7 +150,7 @@ def inventory(out: Path = typer.Option(..., "--out", metavar="FILE", help="Where
               json_out: bool = JsonOpt) -> None:
     """Write a receipt of the images this engine holds, for `overleaf-bundle build --have FILE`."""
     CTX.json = CTX.json or json_out
-    from .inventory import make_receipt, write_receipt
+    from importer.images.inventory import make_receipt, write_receipt
 
     def go() -> None:
         client = eng.connect()
@@ -170,7 +170,7 @@ def inventory(out: Path = typer.Option(..., "--out", metavar="FILE", help="Where
 
 
 # upgrade, rollback, status: the Toolkit side, in their own module
-from .cli_upgrade import register as _register_toolkit_commands  # noqa: E402
+from importer.cli_upgrade import register as _register_toolkit_commands  # noqa: E402
 
 _register_toolkit_commands(app)
 

@@ -1,8 +1,8 @@
 """The verify and load front ends both CLI modules share (``load``, ``push``, ``upgrade``).
 
 CLI layer: they print (through :mod:`manifests.console`), show progress and ask for the
-next disc; the work itself is :func:`importer.verify.verify_bundle` and
-:func:`importer.load.execute`. Living here, apart from :mod:`importer.cli` and
+next disc; the work itself is :func:`importer.images.verify.verify_bundle` and
+:func:`importer.images.load.execute`. Living here, apart from :mod:`importer.cli` and
 :mod:`importer.cli_upgrade`, they let each of those import them without an import circle.
 
     vb = verified(Path("/media/disc1"), trust=None, parts_from=[Path("/media/disc2")],
@@ -23,9 +23,9 @@ from manifests.console import CTX, progress, safe, say, warn
 from manifests.errors import UsageError
 from manifests.units import human_size
 
-from . import engine as eng
-from .hoststate import HostState, load_trusted
-from .verify import BundleFolders, VerifiedBundle, describe_missing, verify_bundle
+from importer.images import engine as eng
+from importer.images.hoststate import HostState, load_trusted
+from importer.images.verify import BundleFolders, VerifiedBundle, describe_missing, verify_bundle
 
 
 def _interactive() -> bool:
@@ -84,8 +84,8 @@ def verified(bundle_dir: Path, trust: Optional[List[Path]], parts_from: Optional
 
 
 def load_verified(vb: VerifiedBundle, replace_tags: bool):
-    from .load import execute, plan_load
-    from .verify import accept_bundle
+    from importer.images.load import execute, plan_load
+    from importer.images.verify import accept_bundle
 
     client = eng.connect()
     info = eng.preflight(client)

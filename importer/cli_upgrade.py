@@ -18,8 +18,8 @@ import typer
 
 from manifests.console import CTX, emit_json, run, say, warn
 
-from .upgrade import PreflightError, UpgradeOptions, rollback_toolkit, upgrade_toolkit
-from .upgrade import status as do_status
+from importer.upgrade import PreflightError, UpgradeOptions, rollback_toolkit, upgrade_toolkit
+from importer.upgrade import status as do_status
 
 ToolkitOpt = typer.Option(..., "--toolkit", metavar="DIR", help="The Overleaf Toolkit folder (with bin/ and config/).")
 
@@ -30,7 +30,7 @@ _SHARED: dict[str, Callable[..., Any]] = {}
 def _front_ends() -> tuple[Callable[..., Any], Callable[..., Any]]:
     """The verify and load front ends shared with ``overleaf-import load`` (given to :func:`register`)."""
     if "verified" not in _SHARED or "load" not in _SHARED:
-        from .cli_common import load_verified, verified
+        from importer.cli_common import load_verified, verified
         _SHARED.setdefault("verified", verified)
         _SHARED.setdefault("load", load_verified)
     return _SHARED["verified"], _SHARED["load"]

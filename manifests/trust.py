@@ -13,9 +13,9 @@ Order (each step only runs when the one before passed):
    accepted is refused (unless allowed); the same sequence is accepted again only for
    the very same bundle (same manifest hash). :func:`rollback_problem` is the rule;
    the host applies it a second time, under the state file's lock, when it records
-   the bundle (importer/hoststate.py), so two concurrent runs cannot both pass.
+   the bundle (importer/images/hoststate.py), so two concurrent runs cannot both pass.
 5. **Content.** Every part and file must have the size and sha256 the manifest lists
-   (done by the caller while reading: :func:`importer.verify.check_contents`, which checks
+   (done by the caller while reading: :func:`importer.images.verify.check_contents`, which checks
    parts with :func:`manifests.payload.check_part`).
 
     m, warnings = verify_manifest(data, sig, {kid: pub}, now=utc_now(), accepted=None)   # or the host's record

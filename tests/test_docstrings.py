@@ -17,8 +17,8 @@ import pytest
 
 PACKAGES = ("bundler", "importer", "manifests")
 # the upgrade modules are being reorganised by their own work; their examples are checked there
-UPGRADE_AREA = {"importer.upgrade", "importer.upgrade_base", "importer.cli_upgrade", "importer.toolkit",
-                "importer.backup", "importer.state", "importer.preflight", "importer.runner", "importer.rollback"}
+UPGRADE_AREA = {"importer.upgrade", "importer.upgrade.base", "importer.cli_upgrade", "importer.upgrade.toolkit",
+                "importer.upgrade.backup", "importer.upgrade.journal", "importer.upgrade.preflight", "importer.upgrade.runner", "importer.upgrade.rollback"}
 CALL = re.compile(r"(?<![\w.'\"])([A-Za-z_]\w*)(?:\.([A-Za-z_]\w*))?\(")
 ASSIGNED = re.compile(r"^\s*([A-Za-z_][\w, ]*?)\s*=(?!=)|\bas\s+([A-Za-z_]\w*)|\bfor\s+([\w, ]+?)\s+in\b")
 KEYWORDS = {"print", "with", "for", "if", "return", "raise", "not", "and", "or", "in", "lambda", "def", "class"}
@@ -28,7 +28,8 @@ def modules() -> list[str]:
     names = []
     for package in PACKAGES:
         pkg = importlib.import_module(package)
-        names += [f"{package}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")]
+        names += [m.name for m in pkgutil.walk_packages(pkg.__path__, prefix=f"{package}.")
+                  if not m.name.rsplit(".", 1)[-1].startswith("_")]
     return sorted(n for n in names if n not in UPGRADE_AREA)
 
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from importer.state import Journal, state_dir
+from importer.upgrade.journal import Journal, state_dir
 from manifests.errors import ToolkitError
 from tests.fuzz import HARNESSES
 

@@ -28,7 +28,7 @@ from tests.support.offline_host import OfflineHost, fails
 from tests.support.registry_bundles import make_key, make_registry_bundle, read_manifest, sign
 
 from manifests.receipt import chain_ids, host_chain_ids
-from importer.verify import BundleFolders, check_contents, safe_path
+from importer.images.verify import BundleFolders, check_contents, safe_path
 
 REPO = Path(__file__).resolve().parents[1]
 REFS = ["sharelatex/sharelatex:5.5.3", "sharelatex/sharelatex:5.5.4", "mongo:6.0", "mongo:8.0", "redis:7.4"]

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from importer.engine import EngineInfo, check_api_version, image_store
-from importer.load import (LoadPlan, blobs_to_send, docker_archive_manifest, missing_omitted, oci_index,
+from importer.images.engine import EngineInfo, check_api_version, image_store
+from importer.images.load import (LoadPlan, blobs_to_send, docker_archive_manifest, missing_omitted, oci_index,
                            qualified_name, write_archive)
-from importer.verify import BundleFolders
+from importer.images.verify import BundleFolders
 from manifests.bundle import OCI_LAYER_ZSTD, BundleManifest
 from manifests.errors import EngineError, IntegrityError
 from manifests.payload import END_OF_ARCHIVE, PartWriter, member_header, padding

@@ -119,7 +119,7 @@ def test_pip_install_dot_then_build_carries_the_importer(online):
     assert own.name == "overleaf_airgap-0.1.0-py3-none-any.whl"
     with zipfile.ZipFile(own) as zf:
         names = set(zf.namelist())
-        for rel in ("importer/verify.py", "bundler/wheels.py", "manifests/catalog/releases.yaml"):
+        for rel in ("importer/images/verify.py", "bundler/wheels.py", "manifests/catalog/releases.yaml"):
             assert zf.read(rel) == (online["src"] / rel).read_bytes(), rel
         assert "overleaf_airgap-0.1.0.dist-info/entry_points.txt" in names
         assert not any(n.endswith(".pyc") or n.endswith("INSTALLER") or n.endswith("direct_url.json") for n in names)

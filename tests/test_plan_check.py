@@ -1,4 +1,4 @@
-"""The importer re-plans from its own catalog (importer/plan_check.py) and the signed catalog overlay
+"""The importer re-plans from its own catalog (importer/images/plan_check.py) and the signed catalog overlay
 (manifests/catalog.py: overlay_for_manifest, overlay_from_manifest, catalog_with_overlay)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from importer.plan_check import PlanMismatchError, check_plan
+from importer.images.plan_check import PlanMismatchError, check_plan
 from manifests.catalog import (Release, apply_overlay, catalog_with_overlay, load_catalog, overlay_for_manifest,
                                overlay_from_manifest)
 from manifests.errors import CatalogError

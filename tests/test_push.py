@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from importer.push import RegistryAddressError, check_registry, parse_registry, registry_names
+from importer.images.push import RegistryAddressError, check_registry, parse_registry, registry_names
 from tests.support.signing_keys import make_key
 from tests.support.engine import PrivateRegistry, push_to_registry
 from tests.support.registry_bundles import make_registry_bundle

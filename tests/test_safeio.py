@@ -1,5 +1,5 @@
 """Bounded non-blocking reads and strict JSON (manifests/safeio.py); terminal-safe printing (manifests/console.py);
-the per-key, locked anti-rollback state (importer/hoststate.py)."""
+the per-key, locked anti-rollback state (importer/images/hoststate.py)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from importer.hoststate import HostState
+from importer.images.hoststate import HostState
 from manifests.console import safe, safe_lines
 from manifests.errors import IntegrityError, RollbackError, StateError
 from manifests.safeio import loads_json, read_regular

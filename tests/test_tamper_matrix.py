@@ -258,8 +258,8 @@ def test_plan_differing_from_the_importers_own_is_refused(s):
 # --- concurrency -------------------------------------------------------------------------
 def _concurrent_verify(folder: str, trust: str, state: str, barrier, results) -> None:
     os.environ["OVERLEAF_AIRGAP_STATE"] = state
-    from importer.hoststate import HostState, load_trusted
-    from importer.verify import BundleFolders, verify_bundle
+    from importer.images.hoststate import HostState, load_trusted
+    from importer.images.verify import BundleFolders, verify_bundle
     from manifests.errors import AirgapError
 
     try:

@@ -1,4 +1,4 @@
-"""The trust rules (manifests/trust.py) and the host's trust folder and state file (importer/hoststate.py)."""
+"""The trust rules (manifests/trust.py) and the host's trust folder and state file (importer/images/hoststate.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +13,7 @@ from manifests.errors import ExpiredBundleError, KeyError_, ManifestFormatError,
 from manifests.signing import key_id, public_pem
 from manifests.trust import Accepted, acceptance, verify_manifest
 
-from importer.hoststate import HostState, load_trusted
+from importer.images.hoststate import HostState, load_trusted
 
 NOW = datetime(2026, 7, 1, 12, 0, 0, tzinfo=timezone.utc)
 CFG, LAYER, MAN = "sha256:" + "1" * 64, "sha256:" + "2" * 64, "sha256:" + "3" * 64

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from importer.load import pinned_ids
-from importer.state import ToolkitLock
+from importer.images.load import pinned_ids
+from importer.upgrade.journal import ToolkitLock
 from tests.support.overleaf_images import seed_overleaf_path
 from tests.support.real_bundles import RealBundle, build_upgrade_bundle, make_release_key
 from tests.support.toolkit import make_toolkit, remove_toolkit_containers, toolkit_checksums

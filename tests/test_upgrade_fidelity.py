@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from importer.backup import check_record, create_backup, load_record, restore_backup
+from importer.upgrade.backup import check_record, create_backup, load_record, restore_backup
 from importer.upgrade import update_toolkit_code
-from importer.grammar import ConfigValueError, check_config_value
-from importer.state import Audit, Journal
-from importer.toolkit import Toolkit as ImporterToolkit
-from importer.toolkit import capabilities
+from importer.upgrade.grammar import ConfigValueError, check_config_value
+from importer.upgrade.journal import Audit, Journal
+from importer.upgrade.toolkit import Toolkit as ImporterToolkit
+from importer.upgrade.toolkit import capabilities
 from importer.upgrade import (Context, UpgradeOptions, Upgrader, check_resume_plan, data_sources, describe,
                               preflight, rc_needs_rename, validate_plan)
 from manifests.catalog import load_catalog
@@ -347,7 +347,7 @@ def test_a_failed_restore_puts_the_original_back(tmp_path, monkeypatch):
     (src / "a").write_text("backed up\n")
     rec = create_backup(tmp_path / "backups", {"overleaf": src}, app_version="5.5.8", step_id="01-backup", major=False)
     (src / "a").write_text("current\n")
-    import importer.backup as backup
+    import importer.upgrade.backup as backup
     monkeypatch.setattr(backup, "verify_tree", lambda base, sums, labels=None: ["overleaf/a"] if labels else [])
     with pytest.raises(ToolkitError):
         restore_backup(rec)

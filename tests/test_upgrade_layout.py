@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 
 from importer.upgrade import RunStep, describe, plan_steps, remaining_steps
-from importer.state import Journal
+from importer.upgrade.journal import Journal
 from manifests.catalog import load_catalog
 from manifests.errors import ManifestFormatError
 from manifests.planner import PlanRequest, make_plan
 from tests import test_docstrings as docs
 
 IMPORTER = Path(__file__).resolve().parents[1] / "importer"
-UPGRADE_MODULES = {"upgrade", "upgrade_base", "preflight", "runner", "rollback", "toolkit_code", "state", "backup",
-                   "toolkit", "grammar"}
+UPGRADE = IMPORTER / "upgrade"
+UPGRADE_MODULES = {p.stem if p.stem != "__init__" else "upgrade" for p in UPGRADE.rglob("*.py")}
+"""The upgrade package's modules by short name (``upgrade`` = the package's public face, ``importer/upgrade/__init__.py``)."""
 
 
 def _plan(frm="3.5.10", to="6.2.2", **kw):
@@ -55,15 +56,38 @@ def test_a_plan_whose_images_do_not_match_its_steps_is_malformed():
         plan_steps(plan)
 
 
+def _path(module: str) -> Path:
+    if module == "upgrade":
+        return UPGRADE / "__init__.py"
+    found = sorted(UPGRADE.rglob(f"{module}.py")) or [IMPORTER / f"{module}.py"]
+    return found[0]
+
+
 def _imports(module: str) -> set[str]:
-    tree = ast.parse((IMPORTER / f"{module}.py").read_text())
+    """Short names of the importer modules that ``module`` imports (``importer.upgrade.runner`` -> ``runner``)."""
+    tree = ast.parse(_path(module).read_text())
     out = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            out |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("importer."):
-            out.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and node.level:
+            raise AssertionError(f"relative import in {module}: use importer.<package>.<module>")
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("importer."):
+            parts = node.module.split(".")[1:]
+            if parts == ["upgrade"]:
+                out.add("upgrade")
+            elif parts[0] == "upgrade":
+                out.add(parts[-1])
+            else:
+                out.add(parts[-1] if parts[0] != "images" else "images." + parts[-1])
     return out
+
+
+def test_the_importer_is_split_into_images_and_upgrade():
+    assert {p.stem for p in (IMPORTER / "images").glob("*.py")} >= {
+        "verify", "load", "push", "engine", "inventory", "hoststate"}
+    assert {"preflight", "backup", "rollback", "toolkit", "journal", "runner"} <= UPGRADE_MODULES
+    # the images package never reaches into the upgrade machinery
+    for path in (IMPORTER / "images").glob("*.py"):
+        assert "importer.upgrade" not in path.read_text(), path
 
 
 def test_the_upgrade_modules_import_no_cli_and_form_no_circle():
@@ -93,7 +117,7 @@ def test_the_cli_module_only_parses_and_prints():
         assert orchestration not in text, orchestration
 
 
-@pytest.mark.parametrize("name", sorted(docs.UPGRADE_AREA | {"importer.toolkit_code"}))
+@pytest.mark.parametrize("name", sorted(docs.UPGRADE_AREA | {"importer.upgrade.toolkit_code"}))
 def test_upgrade_module_docstrings_show_calls_that_exist(name):
     """The upgrade area's modules, under the check tests/test_docstrings.py runs for the others."""
     docs.test_module_docstring_has_an_example_whose_calls_exist(name)

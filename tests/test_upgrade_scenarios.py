@@ -305,7 +305,7 @@ def main(argv: list[str]) -> int:
 
     import docker
 
-    from importer.state import Journal, ToolkitLock
+    from importer.upgrade.journal import Journal, ToolkitLock
     from importer.upgrade import Context, UpgradeOptions, check_resume_plan, run_upgrade
     from manifests.errors import AirgapError
 

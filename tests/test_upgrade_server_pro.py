@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from importer.load import pinned_ids
+from importer.images.load import pinned_ids
 from tests.support.overleaf_images import seed_overleaf_path
 from tests.support.real_bundles import RealBundle, build_upgrade_bundle, clear_stale_tags, make_release_key
 from tests.support.engine import classic_compose

@@ -4,7 +4,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from importer.state import Journal, state_dir
+from importer.upgrade.journal import Journal, state_dir
 from manifests.errors import ToolkitError
 
 ALLOWED = (ToolkitError,)

@@ -2,7 +2,7 @@
 
 The fuzzed bytes stand for a payload part whose segment hashes are *correct* (as if a bad
 signer made it): so every byte reaches the tar reader and, for ``.zst`` members, the zstd
-decoder of :mod:`importer.load`. They must refuse with :class:`IntegrityError` (or its
+decoder of :mod:`importer.images.load`. They must refuse with :class:`IntegrityError` (or its
 :class:`PayloadFormatError`), never crash or hang.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from manifests.bundle import BlobEntry, PartRef
 from manifests.errors import IntegrityError
 from manifests.payload import END_OF_ARCHIVE, SegmentReader, iter_members, member_header, padding, zstd_decompressor
 
-from importer.load import _VerifyingReader
+from importer.images.load import _VerifyingReader
 
 ALLOWED = (IntegrityError,)
 SEGMENT = 64 * 1024

@@ -4,7 +4,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from importer.hoststate import HostState
+from importer.images.hoststate import HostState
 from manifests.errors import StateError
 
 ALLOWED = (StateError,)

@@ -65,7 +65,7 @@ import docker.errors
 import yaml
 from docker.models.images import Image
 
-from importer.engine import stream_error
+from importer.images.engine import stream_error
 from manifests.imageref import normalize
 
 MiB = 1024 * 1024
@@ -1061,7 +1061,7 @@ def push_to_registry(
     """Push local images into ``registry`` under their mirror names; return ``{ref: pushed ref}``.
 
     Each image is tagged with its :func:`mirror_reference`, pushed, and (unless
-    ``keep_tags``) untagged again. RuntimeError on any error in a push's status stream (:func:`importer.engine.stream_error`).
+    ``keep_tags``) untagged again. RuntimeError on any error in a push's status stream (:func:`importer.images.engine.stream_error`).
     """
     client = _client(target)
     address = registry.address if isinstance(registry, PrivateRegistry) else registry

@@ -24,7 +24,7 @@ from typing import Any
 
 import docker.errors
 
-from importer.load import pinned_ids
+from importer.images.load import pinned_ids
 from manifests.bundle import BundleManifest
 from manifests.catalog import load_catalog
 from manifests.planner import PlanRequest, make_plan

@@ -15,7 +15,7 @@ from typing import Callable
 
 from manifests.errors import ToolkitError
 
-from .state import Audit
+from importer.upgrade.journal import Audit
 
 
 def _git(toolkit: Path, *args: str) -> subprocess.CompletedProcess:

@@ -1,7 +1,7 @@
 """The upgrade's shared vocabulary: its errors, options and context, the plan's steps typed and checked,
 what each step does (the dry-run and audit text), and what a Toolkit's config means for an upgrade.
 
-:mod:`importer.preflight`, :mod:`importer.runner` and :mod:`importer.rollback` build on this module
+:mod:`importer.upgrade.preflight`, :mod:`importer.upgrade.runner` and :mod:`importer.upgrade.rollback` build on this module
 and never on one another's internals; :mod:`importer.upgrade` is the public face of all four.
 
     steps = plan_steps(plan)                   # validate_plan, then typed RunSteps with their ids
@@ -25,7 +25,7 @@ from manifests.planner import Step, UpgradePlan
 from manifests.toolkit_config import ToolkitConfig
 from manifests.versions import MajorMinor
 
-from .grammar import SERIES_RE, VERSION_RE, check_step_id
+from importer.upgrade.grammar import SERIES_RE, VERSION_RE, check_step_id
 
 AVX_FROM = MajorMinor(5, 0)
 

@@ -11,17 +11,17 @@ from typing import Any
 from manifests.errors import DeclinedError, ToolkitError
 from manifests.toolkit_config import read_toolkit
 
-from .backup import check_record, load_record, restore_backup
-from .state import Audit, Journal, ToolkitLock
-from .toolkit import Toolkit
-from .upgrade_base import Context, data_sources, default_backup_dir
+from importer.upgrade.backup import check_record, load_record, restore_backup
+from importer.upgrade.journal import Audit, Journal, ToolkitLock
+from importer.upgrade.toolkit import Toolkit
+from importer.upgrade.base import Context, data_sources, default_backup_dir
 
 def current_sources(toolkit: Path) -> dict[str, Path]:
     return data_sources(read_toolkit(toolkit))
 
 def choose_backup(toolkit: Path, journal: Journal | None, backup_dir: Path | None, wanted: str | None):
     """The backup to restore (``wanted``, else the one before the last major step), checked by
-    :func:`importer.backup.check_record` against its own folder and the Toolkit's current paths."""
+    :func:`importer.upgrade.backup.check_record` against its own folder and the Toolkit's current paths."""
     folders: list[Path] = []
     if journal is not None:
         folders = [Path(r["path"]) for r in journal.backups if isinstance(r, dict) and Path(str(r.get("path"))).is_dir()]

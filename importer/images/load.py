@@ -60,9 +60,9 @@ from manifests.imageref import normalize, split_ref
 from manifests.payload import SegmentReader, iter_members, zstd_decompressor
 from manifests.receipt import chain_ids
 
-from .engine import (EngineInfo, HostImages, down_error, engine_info, engine_name, image_id, inspect, stream_error,
+from importer.images.engine import (EngineInfo, HostImages, down_error, engine_info, engine_name, image_id, inspect, stream_error,
                      tag_image)
-from .verify import VerifiedBundle
+from importer.images.verify import VerifiedBundle
 
 CHUNK = 1024 * 1024
 PIPE_SIZE = 1024 * 1024

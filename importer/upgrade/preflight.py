@@ -18,10 +18,10 @@ from manifests.errors import AirgapError, ToolkitError
 from manifests.toolkit_config import ToolkitConfig, read_toolkit
 from manifests.versions import AppVersion, MajorMinor
 
-from .backup import tree_size
-from .state import Journal
-from .toolkit import Capabilities, capabilities
-from .upgrade_base import (AVX_FROM, Context, RunStep, data_sources, default_backup_dir, expected_stack,
+from importer.upgrade.backup import tree_size
+from importer.upgrade.journal import Journal
+from importer.upgrade.toolkit import Capabilities, capabilities
+from importer.upgrade.base import (AVX_FROM, Context, RunStep, data_sources, default_backup_dir, expected_stack,
                            mongo_authenticated, mongo_enabled, mongo_shell, not_covered, override_file, plan_steps,
                            redis_enabled, version_major)
 

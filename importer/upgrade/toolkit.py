@@ -5,7 +5,7 @@ Commands run as the admin would run them (``bin/stop``, ``bin/up -d``,
 keep the file's other lines, comments and order, are written atomically, and keep a
 copy of the old file the way ``bin/upgrade`` does (``config/__old-version``,
 ``config/__old-variables.env.<timestamp>``). Every value written is checked against a
-strict grammar first (:mod:`importer.grammar`).
+strict grammar first (:mod:`importer.upgrade.grammar`).
 
 Ordinary commands (``bin/stop``, ``bin/up``) get a time limit (``OVERLEAF_AIRGAP_TOOLKIT_TIMEOUT``
 seconds, default 1800); long commands (migrations) run with :meth:`Toolkit.stream`: no time
@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 from manifests.atomic import atomic_write_bytes
 from manifests.errors import ToolkitError
 
-from .grammar import check_config_value
+from importer.upgrade.grammar import check_config_value
 
 CONTAINERS = ("sharelatex", "mongo", "redis", "git-bridge", "nginx")
 RETRACTED = ("5.0.1", "5.0.2")

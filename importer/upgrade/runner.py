@@ -1,7 +1,7 @@
 """The step runner: walk a signed plan's typed steps on a Toolkit, journaling every step and phase.
 
 Each step kind runs through the Toolkit's own commands (see :mod:`importer.upgrade` for what each
-does); the journal (:class:`importer.state.Journal`) records every status and phase so that
+does); the journal (:class:`importer.upgrade.journal.Journal`) records every status and phase so that
 ``--resume`` continues at the right place and a repeated step is harmless.
 
     result = run_upgrade(ctx, plan, journal, present, bundle_id, code_update=None)   # preflight first
@@ -24,12 +24,12 @@ from manifests.errors import DeclinedError, HealthCheckError, PausedForCheck, Pr
 from manifests.toolkit_config import ToolkitConfig, read_toolkit
 from manifests.versions import AppVersion, MajorMinor
 
-from .backup import create_backup
-from .grammar import check_step_id
-from .preflight import preflight
-from .state import Audit, Journal
-from .toolkit import Capabilities, Toolkit, capabilities
-from .upgrade_base import (Context, DOC_RECOVERY_LOG, RunStep, app_image_ref, data_sources, default_backup_dir,
+from importer.upgrade.backup import create_backup
+from importer.upgrade.grammar import check_step_id
+from importer.upgrade.preflight import preflight
+from importer.upgrade.journal import Audit, Journal
+from importer.upgrade.toolkit import Capabilities, Toolkit, capabilities
+from importer.upgrade.base import (Context, DOC_RECOVERY_LOG, RunStep, app_image_ref, data_sources, default_backup_dir,
                            expected_stack, fcv_command, mongo_authenticated, mongo_enabled, mongo_host, mongo_shell,
                            not_covered, own_catalog, plan_steps, redis_enabled, series_of, version_major)
 

@@ -2,10 +2,10 @@
 
 The receipt's schema, and the rules a delta follows, are :mod:`manifests.receipt`'s (the
 bundler reads the same module). This module fills it from the engine: every image with its
-ID, tags and diff_ids (:class:`importer.engine.HostImages`), what the engine is (no local
+ID, tags and diff_ids (:class:`importer.images.engine.HostImages`), what the engine is (no local
 paths travel out), and the bundles this host accepted. It is canonical JSON, so its
 sha256 (a delta bundle's ``delta.receipt_sha256``) is stable. Before a delta is loaded,
-:func:`importer.load.plan_load` checks that the layer chains it left out are still here.
+:func:`importer.images.load.plan_load` checks that the layer chains it left out are still here.
 
     receipt = make_receipt(HostImages.scan(client), engine_info(client), HostState.load(), utc_now())
     sha256_hex = write_receipt(Path("receipt.json"), receipt)
@@ -22,8 +22,8 @@ from manifests.bundle import iso
 from manifests.errors import OutputError
 from manifests.receipt import RECEIPT_SCHEMA, Receipt, receipt_bytes
 
-from .engine import EngineInfo, HostImages
-from .hoststate import HostState
+from importer.images.engine import EngineInfo, HostImages
+from importer.images.hoststate import HostState
 
 __all__ = ["RECEIPT_SCHEMA", "make_receipt", "write_receipt"]
 

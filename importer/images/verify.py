@@ -41,8 +41,8 @@ from manifests.safeio import MANIFEST_CAP, SIGNATURE_CAP, read_regular
 from manifests.signing import key_id, load_public_key
 from manifests.trust import Accepted, acceptance, verify_manifest
 
-from .hoststate import HostState, TrustedKeys
-from .plan_check import check_plan
+from importer.images.hoststate import HostState, TrustedKeys
+from importer.images.plan_check import check_plan
 
 READ_SIZE = 1024 * 1024
 ALLOWED_UNLISTED = frozenset({MANIFEST_NAME, SIGNATURE_NAME, PUBKEY_NAME, README_NAME})

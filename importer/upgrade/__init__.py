@@ -27,10 +27,10 @@ Preflight checks everything it can before the first change (the Toolkit's capabi
 override file, data paths, external databases, TeX Live images); ``--dry-run`` prints the
 actions and changes nothing.
 
-The work is split by phase: :mod:`importer.upgrade_base` (errors, options, typed steps, what
-the config means, what each step does), :mod:`importer.preflight`, :mod:`importer.runner`
-(the steps), :mod:`importer.rollback` (rollback and status) and
-:mod:`importer.toolkit_code`. This module is their public face, and runs a whole upgrade
+The work is split by phase: :mod:`importer.upgrade.base` (errors, options, typed steps, what
+the config means, what each step does), :mod:`importer.upgrade.preflight`, :mod:`importer.upgrade.runner`
+(the steps), :mod:`importer.upgrade.rollback` (rollback and status) and
+:mod:`importer.upgrade.toolkit_code`. This module is their public face, and runs a whole upgrade
 (journal policy, dry run, lock, load, Toolkit code, steps) for a front end that gives it
 ``say``/``ask`` and the bundle's verify and load:
 
@@ -47,17 +47,17 @@ from typing import Any, Callable
 from manifests.errors import HealthCheckError, PausedForCheck, PreflightError, StepFailed, ToolkitError
 from manifests.toolkit_config import read_toolkit
 
-from . import engine as eng
-from .load import pinned_ids
-from .preflight import (assumed_images, capability_problems, check_resume_plan, config_problems,
+from importer.images import engine as eng
+from importer.images.load import pinned_ids
+from importer.upgrade.preflight import (assumed_images, capability_problems, check_resume_plan, config_problems,
                         data_path_problems, preflight, remaining_steps, texlive_problems)
-from .rollback import choose_backup, rollback, status
-from .runner import Upgrader, pull_settings_needed, rc_needs_rename, run_upgrade
-from .state import Audit, Journal, ToolkitLock
-from .toolkit_code import update_toolkit_code
-from .upgrade_base import (Context, RunStep, UpgradeOptions, data_sources, describe, not_covered, plan_steps,
+from importer.upgrade.rollback import choose_backup, rollback, status
+from importer.upgrade.runner import Upgrader, pull_settings_needed, rc_needs_rename, run_upgrade
+from importer.upgrade.journal import Audit, Journal, ToolkitLock
+from importer.upgrade.toolkit_code import update_toolkit_code
+from importer.upgrade.base import (Context, RunStep, UpgradeOptions, data_sources, describe, not_covered, plan_steps,
                            validate_plan)
-from .verify import VerifiedBundle
+from importer.images.verify import VerifiedBundle
 
 __all__ = [
     "Context", "DryRun", "HealthCheckError", "PausedForCheck", "PreflightError", "RunStep", "StepFailed",
@@ -168,7 +168,7 @@ def rollback_toolkit(toolkit: Path, wanted: str | None, backup_dir: Path | None,
                      say: Callable[[str], None], ask: Callable[[str], bool],
                      warn: Callable[[str], None]) -> dict[str, Any]:
     """Restore backup ``wanted`` (default: the one before the last major step) of ``toolkit``; see
-    :func:`importer.rollback.rollback`. An unreachable engine is only warned about: the Toolkit's own
+    :func:`importer.upgrade.rollback.rollback`. An unreachable engine is only warned about: the Toolkit's own
     ``bin/stop`` is tried first anyway."""
     ctx = Context(toolkit.resolve(), None, UpgradeOptions(yes=yes), say, ask)
     try:
