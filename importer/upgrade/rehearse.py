@@ -406,7 +406,7 @@ def rehearse_toolkit(toolkit: Path, opts: RehearseOptions, *, verify: Callable[[
     with ToolkitLock(root):
         load(vb)
         # the real upgrade's own preflight, on the real site (reads only): what it would refuse, refuse now
-        ctx = Context(root, m, UpgradeOptions(yes=True), say, lambda q: False, client)
+        ctx = Context(root, m, UpgradeOptions(yes=True, generate_secrets=True), say, lambda q: False, client)
         ctx.code_update_pending = m.toolkit is not None and opts.update_toolkit
         pinned = pinned_ids(m, eng.engine_info(client).image_store)
         problems = preflight(ctx, m.plan, None,
