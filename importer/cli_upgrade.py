@@ -125,7 +125,7 @@ def rehearse(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="
     """Rehearse the upgrade on a sandbox copy of the site (one short stop for a backup); time every step."""
     from manifests.console import progress
     from manifests.errors import DeclinedError
-    from importer.upgrade.rehearse import RehearseOptions, rehearse_toolkit
+    from importer.upgrade import RehearseOptions, rehearse_toolkit
 
     _verified, _load = _front_ends()
     CTX.json = CTX.json or json_out

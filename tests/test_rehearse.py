@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -191,6 +192,40 @@ def test_a_step_failing_in_the_sandbox_exits_35_and_leaves_the_real_site_as_it_w
 def stat_snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
     return {p.relative_to(root).as_posix(): (p.lstat().st_size, p.lstat().st_mtime_ns, p.lstat().st_mode)
             for p in sorted(root.rglob("*"))}
+
+
+def test_ctrl_c_in_the_sandbox_removes_it_records_it_and_leaves_the_real_site_as_it_was(host, rehearsal_bundle):
+    tk, env = host
+    before, images = site_snapshot(tk), running(env)
+    commands_before = tk.data("mongo").joinpath("commands.log").read_text()
+    args = ["--json", "rehearse", str(rehearsal_bundle.path), "--toolkit", os.fspath(tk), "--trust",
+            str(rehearsal_bundle.pub), "--yes", "--health-timeout", "90"]
+    proc = subprocess.Popen([sys.executable, "-m", "importer.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith("[3/6]"):   # inside the first MongoDB hop, in the sandbox
+                proc.send_signal(signal.SIGINT)
+                break
+        rest_out, rest_err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, "".join(seen) + rest_err
+    doc = json.loads(rest_out)
+    assert doc["exit_code"] == 130
+    records = list((tk.root / ".overleaf-airgap" / "rehearsals").glob("*.json"))
+    assert len(records) == 1
+    record = json.loads(records[0].read_text())
+    assert record["ok"] is False and record["error"] == "step 03-mongo-7.0: interrupted"
+    assert [s["status"] for s in record["steps"]][:3] == ["done", "done", "failed"]
+    assert not Path(record["sandbox"]).exists()
+    leftover = subprocess.run(["docker", "ps", "-a", "--format", '{{.Label "com.docker.compose.project"}}'], env=env,
+                              capture_output=True, text=True).stdout.split()
+    assert set(leftover) == {tk.project}
+    check_real_site_unchanged(tk, env, before, images, commands_before)
 
 
 def started_at(env) -> dict[str, str]:

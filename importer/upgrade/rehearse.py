@@ -8,7 +8,7 @@ config/ and data moved in (checksums verified); its config gets its own ``PROJEC
 ``OVERLEAF_PORT`` on 127.0.0.1 (none when the site publishes none), data paths inside the sandbox, and a
 ``config/docker-compose.override.yml`` giving every service its own ``container_name``
 (``<project>-<service>``), so it runs beside the real site. Then the very same upgrade code runs there
-(:func:`importer.upgrade.upgrade_toolkit`, ``--yes``, secrets generated, the binary files check taken as
+(``importer.upgrade.upgrade_toolkit``, ``--yes``, secrets generated, the binary files check taken as
 done), a final health check, and every plan step's wall time goes into a
 :class:`importer.upgrade.rehearsal_record.RehearsalRecord` under the REAL Toolkit's
 ``.overleaf-airgap/rehearsals/``. Finally the sandbox's containers and networks are removed (``docker
@@ -17,8 +17,8 @@ A failure or Ctrl-C inside the rehearsal removes the sandbox too (unless ``keep`
 :class:`manifests.errors.RehearsalFailed` (exit 35) names the step and where the sandbox and record are.
 
     plan = plan_sandbox(Path("/srv/overleaf-toolkit"), None, plan_backups=3)   # checks only
-    record, path = rehearse_toolkit(Path("/srv/overleaf-toolkit"), RehearseOptions(keep=False), verify=...,
-                                    load=..., say=print)
+    record, path = rehearse(Path("/srv/overleaf-toolkit"), RehearseOptions(keep=False), upgrade=upgrade_toolkit,
+                            verify=..., load=..., say=print)   # importer.upgrade.rehearse_toolkit passes upgrade
     record.ok, record.total_seconds, [(s.id, s.seconds) for s in record.steps]
 """
 from __future__ import annotations
@@ -116,7 +116,7 @@ def plan_sandbox(toolkit: Path, sandbox: Path | None, *, plan_backups: int = 1, 
                          "Pass a --sandbox DIR made of letters, digits and ._/+- only.")
     sources = data_sources(cfg)
     for label, src in sources.items():
-        if _inside(target, src) or _inside(src, target.resolve() if target.exists() else target):
+        if _inside(target, src) or _inside(src, target):
             raise UsageError(f"the sandbox {target} would lie inside the site's {label} folder {src} (or hold it)",
                              "Pass a --sandbox DIR outside the Toolkit's config and data folders.")
     if _inside(target, root):
@@ -328,11 +328,9 @@ def remove_sandbox(plan: SandboxPlan, client: Any, say: Callable[[str], None]) -
 
 
 def sandbox_upgrade(plan: SandboxPlan, vb: VerifiedBundle, opts: RehearseOptions, clock: StepClock,
-                    say: Callable[[str], None]) -> None:
+                    say: Callable[[str], None], upgrade: Callable[..., Any]) -> None:
     """The upgrade's own code on the sandbox: ``--yes``, secrets generated, the person's binary files check taken
     as done (a sandbox has no users); any other pause (an external database's admin) ends the rehearsal."""
-    from importer.upgrade import upgrade_toolkit
-
     def tell(line: str) -> None:
         clock.see(line)
         say(line)
@@ -343,7 +341,7 @@ def sandbox_upgrade(plan: SandboxPlan, vb: VerifiedBundle, opts: RehearseOptions
                                health_timeout=opts.health_timeout, generate_secrets=True,
                                update_toolkit=opts.update_toolkit)
         try:
-            upgrade_toolkit(plan.sandbox, uopts, verify=lambda stream: vb, load=lambda _vb: None, say=tell,
+            upgrade(plan.sandbox, uopts, verify=lambda stream: vb, load=lambda _vb: None, say=tell,
                             ask=lambda question: True)
             clock.stop()
             return
@@ -372,25 +370,29 @@ def final_health(plan: SandboxPlan, vb: VerifiedBundle, client: Any, opts: Rehea
     return time.monotonic() - started
 
 
-def step_outcomes(plan: SandboxPlan, steps: list[Any], clock: StepClock) -> tuple[list[StepTiming], str | None]:
-    """Each plan step's status (from the sandbox's journal) and time; the id of the step that failed, if any."""
+def step_outcomes(plan: SandboxPlan, steps: list[Any], clock: StepClock,
+                  active: str | None = None) -> tuple[list[StepTiming], str | None]:
+    """Each plan step's status (from the sandbox's journal) and time; the id of the step that failed, if any.
+    ``active``: the step under way when the run stopped (failed, even if the journal had not marked it yet)."""
     journal = Journal.load(plan.sandbox) if (plan.sandbox / STATE_DIR).is_dir() else None
     out, failed = [], None
     for s in steps:
         status = journal.status(s.id) if journal is not None else "pending"
         status = {"running": "failed"}.get(status, status)
+        if s.id == active and status in ("pending", "running"):
+            status = "failed"
         if status in ("failed", "paused") and failed is None:
             failed = s.id
         out.append(StepTiming(s.id, s.kind, s.description, status, round(clock.seconds.get(s.id, 0.0), 3)))
     return out, failed
 
 
-def rehearse_toolkit(toolkit: Path, opts: RehearseOptions, *, verify: Callable[[bool], VerifiedBundle],
-                     load: Callable[[VerifiedBundle], Any], say: Callable[[str], None],
-                     on_step: Callable[[int, int, str], None] = lambda i, n, text: None,
-                     on_sandbox: Callable[[SandboxPlan], None] = lambda plan: None) -> tuple[RehearsalRecord, Path]:
-    """Verify and load the bundle like ``upgrade``, then rehearse its plan on a sandbox copy of ``toolkit``.
-    Returns the record and where it was saved; RehearsalFailed (exit 35) when the upgrade fails in the sandbox."""
+def rehearse(toolkit: Path, opts: RehearseOptions, *, upgrade: Callable[..., Any],
+             verify: Callable[[bool], VerifiedBundle], load: Callable[[VerifiedBundle], Any], say: Callable[[str], None],
+             on_step: Callable[[int, int, str], None] = lambda i, n, text: None) -> tuple[RehearsalRecord, Path]:
+    """Verify and load the bundle like ``upgrade``, then rehearse its plan on a sandbox copy of ``toolkit`` with
+    ``upgrade`` (:func:`importer.upgrade.upgrade_toolkit`: the same code path as a real upgrade). Returns the
+    record and where it was saved; RehearsalFailed (exit 35) when the upgrade fails in the sandbox."""
     root = Path(toolkit).resolve()
     cfg = read_toolkit(root)
     real_journal = Journal.load(root)
@@ -425,7 +427,6 @@ def rehearse_toolkit(toolkit: Path, opts: RehearseOptions, *, verify: Callable[[
                 + (f", port 127.0.0.1:{plan.port}" if plan.port else ", no published port") + ")")
             copy_code(plan)
             made = True
-            on_sandbox(plan)
             phase = "the fresh backup of the real site"
             say("Fresh consistent backup of the real site (its services stop meanwhile)")
             rec, record.backup_seconds = fresh_backup(plan, client, cfg, say, opts.health_timeout)
@@ -438,13 +439,14 @@ def rehearse_toolkit(toolkit: Path, opts: RehearseOptions, *, verify: Callable[[
             shutil.rmtree(rec.path)
             configure_sandbox(plan)
             phase = "the upgrade in the sandbox"
-            sandbox_upgrade(plan, vb, opts, clock, say)
+            sandbox_upgrade(plan, vb, opts, clock, say, upgrade)
             phase = "the final health check"
             record.health_seconds = round(final_health(plan, vb, client, opts, say), 3)
             record.ok = True
         except BaseException as exc:
+            active = clock.current
             clock.stop()
-            timings, failed = step_outcomes(plan, steps, clock)
+            timings, failed = step_outcomes(plan, steps, clock, active)
             record.steps = timings
             where = f"step {failed}" if failed and phase == "the upgrade in the sandbox" else phase
             reason = getattr(exc, "message", None) or (
