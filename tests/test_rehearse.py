@@ -40,19 +40,23 @@ def rehearsal_bundle(engine, registry, tmp_path_factory) -> RealBundle:
 
 
 @pytest.fixture
-def host(offline_engine, rehearsal_bundle, tmp_path):
-    """The classic offline host with the 5.5.8 site running (fixed container names), nothing of 6.2.2 loaded."""
-    remove_toolkit_containers(offline_engine)
-    clear_stale_tags(offline_engine, rehearsal_bundle)
-    seed_overleaf_path(offline_engine, [FROM], mongo=["6.0"], redis=["7.4"])
-    compose = classic_compose()
+def host(request, rehearsal_bundle, tmp_path):
+    """An offline host with the 5.5.8 site running (fixed container names), nothing of 6.2.2 loaded: the classic
+    one driven by Compose v1 (where this machine has it), or, parametrized ``containerd``, Engine 26 with the
+    containerd store and Compose v2."""
+    kind = getattr(request, "param", "classic")
+    engine = request.getfixturevalue("offline_engine" if kind == "classic" else "containerd_engine")
+    compose = classic_compose() if kind == "classic" else "v2"
+    remove_toolkit_containers(engine)
+    clear_stale_tags(engine, rehearsal_bundle)
+    seed_overleaf_path(engine, [FROM], mongo=["6.0"], redis=["7.4"])
     site = tmp_path / "site"
     site.mkdir()
-    tk = make_toolkit(site, FROM, engine=offline_engine.env(compose=compose), mongo="6.0", mongo_legacy=False,
+    tk = make_toolkit(site, FROM, engine=engine.env(compose=compose), mongo="6.0", mongo_legacy=False,
                       redis="7.4")
     tk.run("up", "-d")
     tk.wait_healthy()
-    env = {**offline_engine.env(compose=compose), "OVERLEAF_AIRGAP_STATE": str(tmp_path / "state.json"),
+    env = {**engine.env(compose=compose), "OVERLEAF_AIRGAP_STATE": str(tmp_path / "state.json"),
            "OVERLEAF_AIRGAP_TRUST_DIR": str(tmp_path / "no-trust-dir")}
     yield tk, env
     for kept in site.glob("toolkit.rehearsal-*"):
@@ -139,6 +143,7 @@ def test_a_rehearsal_times_every_step_removes_its_sandbox_and_leaves_the_real_si
     check_real_site_unchanged(tk, env, before, images, commands_before)
 
 
+@pytest.mark.parametrize("host", ["classic", "containerd"], indirect=True)
 def test_keep_leaves_a_sandbox_running_under_its_own_names_beside_the_real_site(host, rehearsal_bundle):
     tk, env = host
     images = running(env)

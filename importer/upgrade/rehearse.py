@@ -35,6 +35,7 @@ from typing import Any, Callable
 import yaml
 
 from manifests.atomic import atomic_write_bytes
+from manifests.bundle import iso, utc_now
 from manifests.errors import (DiskSpaceError, PausedForCheck, PreflightError, RehearsalFailed,
                               ToolkitError, UsageError)
 from manifests.toolkit_config import ToolkitConfig, read_toolkit
@@ -458,10 +459,12 @@ def rehearse(toolkit: Path, opts: RehearseOptions, *, upgrade: Callable[..., Any
             if isinstance(exc, KeyboardInterrupt):
                 say(f"Rehearsal interrupted; record {path}")
                 raise
+            real_note = ("the real site was started again: check it with bin/docker-compose ps"
+                         if phase == "the fresh backup of the real site" else "the real site is as it was")
             sandbox_note = (f"the sandbox is kept at {plan.sandbox} (compose project {plan.project})" if opts.keep
                             and made else f"the sandbox was removed{cleanup}")
             raise RehearsalFailed(
-                f"the rehearsal failed at {where}: {reason}\n(the real site is as it was; {sandbox_note}; "
+                f"the rehearsal failed at {where}: {reason}\n({real_note}; {sandbox_note}; "
                 f"record {path})",
                 "Fix the cause (the same step would fail in the real upgrade), then rehearse again"
                 + ("; --keep leaves the sandbox for a look." if not opts.keep else "."),
@@ -477,7 +480,6 @@ def rehearse(toolkit: Path, opts: RehearseOptions, *, upgrade: Callable[..., Any
 
 
 def _now() -> str:
-    from manifests.bundle import iso, utc_now
     return iso(utc_now())
 
 
