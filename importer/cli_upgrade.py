@@ -3,6 +3,7 @@
     overleaf-import upgrade BUNDLE_DIR --toolkit DIR [--yes] [--dry-run] [--backup-dir DIR] [--resume]
     overleaf-import rollback --toolkit DIR [--backup ID]
     overleaf-import status --toolkit DIR
+    overleaf-import rehearse BUNDLE_DIR --toolkit DIR [--keep] [--sandbox DIR]
 
 The work is done by :mod:`importer.upgrade` (and the modules behind it); this module parses
 the options, asks the admin's questions and prints.
@@ -109,6 +110,66 @@ def upgrade(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="T
     run(go)
 
 
+def rehearse(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="The bundle folder (with manifest.json)."),
+             toolkit: Path = ToolkitOpt,
+             trust: Optional[List[Path]] = typer.Option(None, "--trust", metavar="PUBKEY", help="Trusted public key; repeatable."),
+             parts_from: Optional[List[Path]] = typer.Option(None, "--parts-from", metavar="DIR", help="More part folders."),
+             allow_expired: bool = typer.Option(False, "--allow-expired", help="Accept a bundle past its expiry date (with a warning)."),
+             allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Accept a bundle older than the last one this host accepted (with a warning)."),
+             replace_tags: bool = typer.Option(False, "--replace-tags", help="Move tags that name other images here to the bundle's images."),
+             sandbox: Optional[Path] = typer.Option(None, "--sandbox", metavar="DIR", help="Where the sandbox goes (a new folder; default: TOOLKIT.rehearsal-STAMP beside the Toolkit)."),
+             keep: bool = typer.Option(False, "--keep", help="Leave the sandbox (running, under its own names) for a look."),
+             yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before the real site is stopped for its fresh backup."),
+             health_timeout: float = typer.Option(300.0, "--health-timeout", help="Seconds to wait for services to be healthy."),
+             json_out: bool = typer.Option(False, "--json", help="Print the record as JSON on stdout.")) -> None:
+    """Rehearse the upgrade on a sandbox copy of the site (one short stop for a backup); time every step."""
+    from manifests.console import progress
+    from manifests.errors import DeclinedError
+    from importer.upgrade import RehearseOptions, rehearse_toolkit
+
+    _verified, _load = _front_ends()
+    CTX.json = CTX.json or json_out
+    opts = RehearseOptions(sandbox=sandbox, keep=keep, health_timeout=health_timeout)
+
+    def go() -> None:
+        bar = None
+
+        def on_step(i: int, n: int, text: str) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = progress(n, "rehearsal", unit="step")
+            bar.n = i - 1
+            bar.set_postfix_str(text[:40])
+            bar.refresh()
+
+        def load(vb):
+            if not yes and not _ask("The real site stops for a fresh backup (then starts again), and the upgrade "
+                                    "is rehearsed on a copy. Go on?"):
+                raise DeclinedError("rehearsal not confirmed: nothing was changed",
+                                    "Answer yes, or pass --yes for unattended runs.")
+            return _load(vb, replace_tags)
+
+        try:
+            record, path = rehearse_toolkit(
+                toolkit, opts, say=say, on_step=on_step, load=load,
+                verify=lambda stream: _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade,
+                                                stream_parts=stream))
+        finally:
+            if bar is not None:
+                bar.close()
+        if CTX.json:
+            emit_json({"ok": True, "record": str(path), **record.to_dict()})
+            return
+        for s in record.steps:
+            say(f"  {s.seconds:8.1f} s  {s.status:7s} {s.id}  {s.title}")
+        say(f"  {record.backup_seconds or 0:8.1f} s  backup (the real upgrade's first stop), "
+            f"{record.health_seconds or 0:.1f} s final health check")
+        say(f"OK: rehearsed {record.from_version} -> {record.to_version} in {record.total_seconds:.1f} s of steps; "
+            f"record {path}" + (f"; sandbox kept at {record.sandbox}" if record.kept else ""))
+
+    run(go)
+
+
 def rollback(toolkit: Path = ToolkitOpt,
              backup: Optional[str] = typer.Option(None, "--backup", metavar="ID", help="Backup to restore (default: the one before the last major step)."),
              backup_dir: Optional[Path] = typer.Option(None, "--backup-dir", help="Where the backups are."),
@@ -158,10 +219,11 @@ def status(toolkit: Path = ToolkitOpt,
 
 def register(app: typer.Typer, *, verified: Callable[..., Any] | None = None,
              load: Callable[..., Any] | None = None) -> None:
-    """Add ``upgrade``, ``rollback`` and ``status`` to ``app``. ``verified``/``load``: the verify and load
+    """Add ``upgrade``, ``rehearse``, ``rollback`` and ``status`` to ``app``. ``verified``/``load``: the verify and load
     front ends the upgrade shares with ``overleaf-import load`` (default: importer.cli's, looked up when the
     command runs)."""
     _SHARED.update({k: v for k, v in (("verified", verified), ("load", load)) if v is not None})
     app.command()(upgrade)
+    app.command()(rehearse)
     app.command()(rollback)
     app.command()(status)

@@ -264,6 +264,12 @@ class StepFailed(AirgapError):
     exit_code = 33
 
 
+class RehearsalFailed(AirgapError):
+    """The upgrade failed in a rehearsal's sandbox; the real site was left as it was."""
+
+    exit_code = 35
+
+
 class PausedForCheck(AirgapError):
     """A step needs a person: not a failure, but the run stops here (``--resume`` continues)."""
 

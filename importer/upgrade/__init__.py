@@ -52,6 +52,8 @@ from importer.images.load import pinned_ids
 from importer.upgrade.preflight import (assumed_images, capability_problems, check_resume_plan, config_problems,
                         data_path_problems, preflight, remaining_steps, texlive_problems)
 from importer.upgrade.rollback import choose_backup, rollback, status
+from importer.upgrade.rehearse import RehearseOptions, rehearse
+from importer.upgrade.rehearsal_record import RehearsalRecord
 from importer.upgrade.runner import Upgrader, pull_settings_needed, rc_needs_rename, run_upgrade
 from importer.upgrade.journal import Audit, Journal, ToolkitLock
 from importer.upgrade.toolkit_code import update_toolkit_code
@@ -60,7 +62,7 @@ from importer.upgrade.base import (Context, RunStep, UpgradeOptions, data_source
 from importer.images.verify import VerifiedBundle
 
 __all__ = [
-    "Context", "DryRun", "HealthCheckError", "PausedForCheck", "PreflightError", "RunStep", "StepFailed",
+    "Context", "DryRun", "RehearseOptions", "rehearse_toolkit", "HealthCheckError", "PausedForCheck", "PreflightError", "RunStep", "StepFailed",
     "UpgradeOptions", "UpgradeOutcome", "Upgrader", "assumed_images", "capability_problems", "check_resume_plan",
     "choose_backup", "config_problems", "data_path_problems", "data_sources", "describe", "not_covered",
     "plan_steps", "preflight", "pull_settings_needed", "rc_needs_rename", "remaining_steps", "rollback",
@@ -162,6 +164,14 @@ def upgrade_toolkit(toolkit: Path, opts: UpgradeOptions, *, verify: Callable[[bo
 
         result = run_upgrade(ctx, plan, journal, present, m.bundle_id, code_update=code_update)
     return UpgradeOutcome(result=result, notes=list(ctx.notes))
+
+
+def rehearse_toolkit(toolkit: Path, opts: RehearseOptions, *, verify: Callable[[bool], VerifiedBundle],
+                     load: Callable[[VerifiedBundle], Any], say: Callable[[str], None],
+                     on_step: Callable[[int, int, str], None] = lambda i, n, text: None) -> tuple[RehearsalRecord, Path]:
+    """Rehearse the bundle's upgrade on a sandbox copy of ``toolkit`` with :func:`upgrade_toolkit` itself; see
+    :func:`importer.upgrade.rehearse.rehearse`. Returns the record and where it was saved."""
+    return rehearse(toolkit, opts, upgrade=upgrade_toolkit, verify=verify, load=load, say=say, on_step=on_step)
 
 
 def rollback_toolkit(toolkit: Path, wanted: str | None, backup_dir: Path | None, *, yes: bool, start: bool,

@@ -20,7 +20,7 @@ from manifests.versions import AppVersion, MajorMinor
 
 from importer.upgrade.backup import tree_size
 from importer.upgrade.journal import Journal
-from importer.upgrade.toolkit import Capabilities, capabilities
+from importer.upgrade.toolkit import Capabilities, capabilities, compose_project, service_container
 from importer.upgrade.base import (AVX_FROM, Context, RunStep, data_sources, default_backup_dir, expected_stack,
                            mongo_authenticated, mongo_enabled, mongo_shell, not_covered, override_file, plan_steps,
                            redis_enabled, version_major)
@@ -269,8 +269,8 @@ def project_images(ctx: Context, cfg: ToolkitConfig) -> list[str] | None:
     if not mongo_enabled(cfg) or ctx.client is None:
         return None
     try:
-        c = ctx.client.containers.get("mongo")
-        if not c.attrs["State"].get("Running"):
+        c = service_container(ctx.client, compose_project(cfg.rc), "mongo")
+        if c is None or not c.attrs["State"].get("Running"):
             return None
     except Exception:  # noqa: BLE001 - no such container
         return None

@@ -13,7 +13,7 @@ from manifests.toolkit_config import read_toolkit
 
 from importer.upgrade.backup import check_record, load_record, restore_backup
 from importer.upgrade.journal import Audit, Journal, ToolkitLock
-from importer.upgrade.toolkit import Toolkit
+from importer.upgrade.toolkit import Toolkit, compose_project, service_container
 from importer.upgrade.base import Context, data_sources, default_backup_dir
 
 def current_sources(toolkit: Path) -> dict[str, Path]:
@@ -56,10 +56,13 @@ def rollback(ctx: Context, wanted: str | None, backup_dir: Path | None, start: b
         tk = Toolkit(toolkit, log=lambda s: ctx.say(f"    {s}"))
         stop = tk.run(["stop"], check=False)
         if stop.code != 0 and ctx.client is not None:  # the Toolkit may refuse a half-changed config: stop directly
+            project = compose_project(read_toolkit(toolkit).rc)
             for name in ("sharelatex", "git-bridge", "nginx", "redis", "mongo"):
                 try:
-                    ctx.client.containers.get(name).stop(timeout=30)
-                except Exception:  # noqa: BLE001 - container may not exist
+                    c = service_container(ctx.client, project, name)
+                    if c is not None:
+                        c.stop(timeout=30)
+                except Exception:  # noqa: BLE001 - the engine may refuse; bin/stop was tried first
                     pass
         restore_backup(rec)
         for item in rec.not_covered:

@@ -28,7 +28,8 @@ from importer.upgrade.backup import create_backup
 from importer.upgrade.grammar import check_step_id
 from importer.upgrade.preflight import preflight
 from importer.upgrade.journal import Audit, Journal
-from importer.upgrade.toolkit import Capabilities, Toolkit, capabilities
+from importer.upgrade.toolkit import (PROJECT_LABEL, SERVICE_LABEL, Capabilities, Toolkit, capabilities, compose_project,
+                                     service_container)
 from importer.upgrade.base import (Context, DOC_RECOVERY_LOG, RunStep, app_image_ref, data_sources, default_backup_dir,
                            expected_stack, fcv_command, mongo_authenticated, mongo_enabled, mongo_host, mongo_shell,
                            not_covered, own_catalog, plan_steps, redis_enabled, series_of, version_major)
@@ -94,20 +95,16 @@ class Upgrader:
 
     # --- helpers --------------------------------------------------------------------
     def running_containers(self) -> list[Any]:
-        project = self.cfg.rc.get("PROJECT_NAME", "overleaf")
-        return self.ctx.client.containers.list(filters={"label": f"com.docker.compose.project={project}"})
+        return self.ctx.client.containers.list(filters={"label": f"{PROJECT_LABEL}={compose_project(self.cfg.rc)}"})
 
     def stop_if_running(self, *services: str) -> None:
-        names = {c.name for c in self.running_containers()}
+        names = {c.labels.get(SERVICE_LABEL, c.name) for c in self.running_containers()}
         if (services and names & set(services)) or (not services and names):
             self.tk.stop(*services)
 
     def container(self, name: str):
-        import docker.errors
-        try:
-            return self.ctx.client.containers.get(name)
-        except docker.errors.NotFound:
-            return None
+        """The container of service ``name`` of this Toolkit's compose project (see ``service_container``)."""
+        return service_container(self.ctx.client, compose_project(self.cfg.rc), name)
 
     def wait_until(self, what: str, probe: Callable[[], str | None], timeout: float | None = None) -> None:
         """Poll ``probe`` (None = fine, text = what is still wrong) until it passes or time runs out."""

@@ -52,6 +52,35 @@ def default_timeout() -> float:
         return 1800.0
 
 
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+
+
+def compose_project(cfg_rc: dict[str, str]) -> str:
+    """The compose project name a Toolkit runs under: ``PROJECT_NAME`` (default ``overleaf``), as Compose
+    normalises it for its labels (lowercase; only letters, digits, ``-`` and ``_``)."""
+    name = (cfg_rc.get("PROJECT_NAME") or "overleaf").strip().lower()
+    return re.sub(r"[^a-z0-9_-]", "", name) or "overleaf"
+
+
+def service_container(client, project: str, service: str):
+    """The container of compose ``service`` in ``project`` (found by the labels Compose v1 and v2 set), else
+    the one named ``service`` (the Toolkit's fixed name) unless that one belongs to another compose project
+    (e.g. the real site beside a rehearsal's sandbox); None when there is none."""
+    import docker.errors
+    found = client.containers.list(all=True, filters={"label": [f"{PROJECT_LABEL}={project}",
+                                                                 f"{SERVICE_LABEL}={service}"]})
+    if found:
+        running = [c for c in found if c.status == "running"]
+        return (running or found)[0]
+    try:
+        c = client.containers.get(service)
+    except docker.errors.NotFound:
+        return None
+    owner = (c.labels or {}).get(PROJECT_LABEL)
+    return c if owner in (None, project) else None
+
+
 @dataclass
 class Result:
     code: int
