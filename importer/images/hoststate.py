@@ -42,7 +42,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from manifests.atomic import atomic_write_bytes
 from manifests.bundle import canonical_json
 from manifests.errors import KeyError_, RollbackError, StateError
-from manifests.safeio import STATE_CAP, loads_json, read_regular
+from manifests.limits import LIMITS
+from manifests.safeio import loads_json, read_regular
 from manifests.signing import key_id, load_public_key
 from manifests.trust import ROLLBACK_HINT, Accepted, check_sequence, rollback_problem
 
@@ -203,7 +204,7 @@ _DAMAGED_HINT = ("Restore it from a backup (it records the last accepted bundle 
 def _read(path: Path) -> dict[str, dict[str, Accepted]]:
     """The state file's entries, per product key and signing key (schema 1 files: key ``""``)."""
     try:
-        data = read_regular(path, STATE_CAP, "the state file", StateError, follow_symlinks=True,
+        data = read_regular(path, LIMITS.host_state, "the state file", StateError, follow_symlinks=True,
                             hint=f"Point {STATE_ENV} at the state file this tool wrote.")
     except FileNotFoundError:
         return {}

@@ -57,6 +57,7 @@ from manifests.bundle import LAYER_TYPES, OCI_INDEX, BlobEntry, BundleManifest, 
 from manifests.errors import (AirgapError, BundleError, EngineError, IntegrityError, PayloadFormatError,
                               TagConflictError)
 from manifests.imageref import normalize, split_ref
+from manifests.limits import LIMITS
 from manifests.payload import SegmentReader, iter_members, zstd_decompressor
 from manifests.receipt import chain_ids
 
@@ -66,7 +67,7 @@ from importer.images.verify import VerifiedBundle
 
 CHUNK = 1024 * 1024
 PIPE_SIZE = 1024 * 1024
-SMALL_BLOB_MAX = 16 * 1024 * 1024    # manifests and configs are read whole: never more than this
+SMALL_BLOB_MAX = LIMITS.small_blob    # manifests and configs are read whole: never more than this
 BAD_BUNDLE = "The bundle is malformed or was made by a bad signer: do not use it; ask its builder for a new one."
 
 

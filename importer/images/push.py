@@ -47,10 +47,11 @@ from manifests.bundle import BlobEntry, BundleManifest
 from manifests.distribution import RegistryClient, is_loopback
 from manifests.errors import IntegrityError, MissingLayersError, RegistryAddressError, RegistryError
 from manifests.imageref import normalize, split_ref
+from manifests.limits import LIMITS
 from manifests.payload import SegmentReader, iter_members, zstd_decompressor
 
 CHUNK = 1024 * 1024
-MANIFEST_LIMIT = 4 * 1024 * 1024
+MANIFEST_LIMIT = LIMITS.image_manifest
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _HOST_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*(?::([0-9]{{1,5}}))?$")
