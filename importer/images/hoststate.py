@@ -45,7 +45,7 @@ from manifests.errors import KeyError_, RollbackError, StateError
 from manifests.limits import LIMITS
 from manifests.safeio import loads_json, read_regular
 from manifests.signing import key_id, load_public_key
-from manifests.trust import ROLLBACK_HINT, Accepted, check_sequence, rollback_problem
+from manifests.trust import ROLLBACK_HINT, Accepted, check_sequence, last_accepted, rollback_problem
 
 TRUST_DIR_ENV = "OVERLEAF_AIRGAP_TRUST_DIR"
 DEFAULT_TRUST_DIR = Path("/etc/overleaf-airgap/trusted.d")
@@ -130,12 +130,7 @@ class HostState:
         That is the entry of that key, or an entry recorded before the state was kept per key
         (key ``""``), whichever is higher. Without ``key_id``: the highest of any key.
         """
-        keys = self.by_key.get(product_key, {})
-        if key_id is None:
-            cands = list(keys.values())
-        else:
-            cands = [a for a in (keys.get(key_id), keys.get("")) if a is not None]
-        return max(cands, key=lambda a: a.sequence) if cands else None
+        return last_accepted(self.by_key, product_key, key_id)
 
     def to_dict(self) -> dict:
         return {"schema": STATE_SCHEMA,
