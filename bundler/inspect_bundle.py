@@ -17,7 +17,8 @@ from typing import Any
 from manifests.bundle import MANIFEST_NAME, SIGNATURE_NAME, BundleManifest, parse_iso
 from manifests.console import safe
 from manifests.errors import IntegrityError
-from manifests.safeio import MANIFEST_CAP, read_regular
+from manifests.limits import LIMITS
+from manifests.safeio import read_regular
 from manifests.units import human_size
 
 
@@ -50,7 +51,7 @@ def inspect_bundle(path: Path) -> Inspection:
     path = Path(path)
     folder = path.parent if path.name == MANIFEST_NAME and path.is_file() else path
     try:  # bounded, regular file only, never blocks on a FIFO
-        data = read_regular(folder / MANIFEST_NAME, MANIFEST_CAP, "the manifest", IntegrityError, follow_symlinks=True,
+        data = read_regular(folder / MANIFEST_NAME, LIMITS.manifest, "the manifest", IntegrityError, follow_symlinks=True,
                             hint="Pass the bundle folder (the one holding manifest.json).")
     except FileNotFoundError:
         raise IntegrityError(f"cannot read {folder / MANIFEST_NAME}: no such file",

@@ -49,11 +49,12 @@ from .errors import (BlobDigestError, CredentialsError, PlatformNotFoundError, R
                      RegistryNotFoundError, RegistryRateLimitError, RegistryUnreachableError,
                      UnsupportedManifestError)
 from .imageref import DOCKER_HUB, HUB_ALIASES as _HUB_ALIASES
+from .limits import LIMITS
 
 USER_AGENT = "overleaf-airgap (registry client)"
 DEFAULT_TIMEOUT = 60.0          # seconds without data before a request fails
 CHUNK = 1 << 20                 # streaming buffer
-MANIFEST_LIMIT = 4 << 20        # containerd refuses manifests above 4 MiB too
+MANIFEST_LIMIT = LIMITS.image_manifest  # containerd refuses manifests above 4 MiB too
 
 # --- media types ----------------------------------------------------------------------------
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"

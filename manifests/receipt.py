@@ -38,7 +38,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .bundle import DIGEST_RE, canonical_json
 from .errors import ReceiptError
-from .safeio import RECEIPT_CAP, loads_json, read_regular
+from .limits import LIMITS
+from .safeio import loads_json, read_regular
 
 RECEIPT_SCHEMA = 2
 RECEIPT_SCHEMAS = (1, 2)
@@ -108,7 +109,7 @@ class Receipt:
         """Read and parse a receipt file (bounded, regular files only); ReceiptError (exit 2) otherwise."""
         path = Path(path)
         try:
-            data = read_regular(path, RECEIPT_CAP, "the receipt", ReceiptError, follow_symlinks=True, hint=_HINT)
+            data = read_regular(path, LIMITS.receipt, "the receipt", ReceiptError, follow_symlinks=True, hint=_HINT)
         except FileNotFoundError:
             raise ReceiptError(f"the receipt {path} does not exist", _HINT) from None
         return cls.parse(data, str(path))

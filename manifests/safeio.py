@@ -21,7 +21,7 @@ specially.
 integers longer than 19 digits, nesting deeper than Python's recursion limit and
 bad UTF-8 all raise the caller's error instead of ``ValueError``/``RecursionError``.
 
-    data = read_regular(bundle / "manifest.json", MANIFEST_CAP, "the manifest", IntegrityError)
+    data = read_regular(bundle / "manifest.json", LIMITS.manifest, "the manifest", IntegrityError)
     obj = loads_json(state_bytes, "the state file /var/lib/overleaf-airgap/state.json", StateError)
 """
 from __future__ import annotations
@@ -35,17 +35,18 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AirgapError, IntegrityError
+from .limits import LIMITS, MiB
 from .units import human_size
 
-KiB, MiB = 1024, 1024 * 1024
-MANIFEST_CAP = 64 * MiB       # a format-2 manifest of a 100 GB bundle is a few MiB
-SIGNATURE_CAP = 4 * KiB       # 64 bytes expected; a little more gives a clear "not 64 bytes" message
-KEY_CAP = 64 * KiB            # a PEM Ed25519 public key is 113 bytes
-STATE_CAP = 4 * MiB           # the anti-rollback state file
-RECEIPT_CAP = 64 * MiB        # inventory receipt: ~1 KiB per image
-JOURNAL_CAP = 16 * MiB        # upgrade journal
-BACKUP_JSON_CAP = 16 * MiB    # backup.json of one backup
-MAX_INT_DIGITS = 19           # 2**63 has 19 digits: anything longer is refused before int() runs
+# The caps live in manifests/limits.py (one config); these names are kept for the callers that use them.
+MANIFEST_CAP = LIMITS.manifest
+SIGNATURE_CAP = LIMITS.signature
+KEY_CAP = LIMITS.public_key
+STATE_CAP = LIMITS.host_state
+RECEIPT_CAP = LIMITS.receipt
+JOURNAL_CAP = LIMITS.journal
+BACKUP_JSON_CAP = LIMITS.backup_json
+MAX_INT_DIGITS = LIMITS.json_int_digits
 
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symbolic link"))

@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from .atomic import atomic_write_bytes
 from .errors import KeyError_
-from .safeio import KEY_CAP, read_regular
+from .limits import LIMITS
+from .safeio import read_regular
 
 PASSPHRASE_ENV = "OVERLEAF_AIRGAP_KEY_PASSPHRASE"
 
@@ -76,7 +77,7 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519Priv
 def load_public_key(path: Path) -> Ed25519PublicKey:
     path = Path(path)
     try:  # bounded and non-blocking: a FIFO or a huge file in the trust folder cannot hang the importer
-        data = read_regular(path, KEY_CAP, "the public key", KeyError_, follow_symlinks=True,
+        data = read_regular(path, LIMITS.public_key, "the public key", KeyError_, follow_symlinks=True,
                             hint="Trust the .pub file written by `overleaf-bundle keygen`.")
     except FileNotFoundError:
         raise KeyError_(f"cannot read the public key {path}: no such file") from None

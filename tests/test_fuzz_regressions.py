@@ -117,3 +117,9 @@ def test_status_command_with_a_bad_journal_exits_30_without_a_traceback(tmp_path
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 30, out.stdout + out.stderr
     assert "not a JSON object" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_manifest_harness_seed_passes_every_trust_rule():
+    """The fuzzer starts from a manifest BundleTrust accepts, so it explores every rule, not just the parser."""
+    from tests.fuzz import fuzz_manifest
+    assert fuzz_manifest.trust(fuzz_manifest.SEEDS[0]).manifest.sequence == 2

@@ -1,4 +1,5 @@
-"""The trust rules (manifests/trust.py) and the host's trust folder and state file (importer/images/hoststate.py)."""
+"""The trust rules (manifests/trust.py: BundleTrust, each rule, its order) and the host's trust folder and state
+file (importer/images/hoststate.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -6,12 +7,16 @@ import json
 from datetime import datetime, timezone
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from manifests.bundle import canonical_json
-from manifests.errors import ExpiredBundleError, KeyError_, ManifestFormatError, RollbackError, SignatureError, StateError
+from manifests.errors import (ExpiredBundleError, KeyError_, ManifestFormatError, PlanMismatchError, RollbackError,
+                              SignatureError, StateError)
+from manifests.limits import LIMITS
 from manifests.signing import key_id, public_pem
-from manifests.trust import Accepted, acceptance, verify_manifest
+from manifests.trust import Accepted, BundleTrust, TrustOrderError, acceptance, last_accepted
 
 from importer.images.hoststate import HostState, load_trusted
 
@@ -57,6 +62,18 @@ class Signer:
 @pytest.fixture
 def a() -> Signer:
     return Signer()
+
+
+def no_plan_check(manifest) -> None:
+    """The plan rule's stand-in for the pure tests (the importer passes importer.images.plan_check.check_plan)."""
+
+
+def verify_manifest(data, sig, keys, *, now, accepted=None, allow_expired=False, allow_downgrade=False):
+    """All rules through BundleTrust, with ``accepted`` as the host's record for this product (any key)."""
+    record = {"overleaf-ce": {"": accepted}} if accepted is not None else {}
+    t = BundleTrust(data, sig, keys, now, record=record).verify(plan_check=no_plan_check, allow_expired=allow_expired,
+                                                               allow_downgrade=allow_downgrade)
+    return t.manifest, list(t.warnings)
 
 
 def test_good_signature_gives_the_manifest(a):
@@ -139,6 +156,154 @@ def test_anti_rollback(a):
     assert "--allow-downgrade" in warnings[0]
     older = Accepted(4, "b-0", "e" * 64, "2026-05-02T00:00:00Z")
     assert verify_manifest(data, sig, {a.id: a.pub}, now=NOW, accepted=older)[1] == []
+
+
+# --- BundleTrust: one object, ordered steps -------------------------------------------------------
+def test_steps_refuse_to_run_out_of_order(a):
+    data, sig = a.signed()
+    t = BundleTrust(data, sig, {a.id: a.pub}, NOW)
+    with pytest.raises(TrustOrderError, match="'parse' cannot run before 'size'"):
+        t.parse()
+    with pytest.raises(TrustOrderError):
+        t.manifest  # nothing parsed before the signature verified
+    t.check_size()
+    with pytest.raises(TrustOrderError, match="'sequence' cannot run before 'signature'"):
+        t.check_sequence()
+    with pytest.raises(TrustOrderError, match="has run already"):
+        t.check_size()
+    assert t.check_signature() == a.id
+    with pytest.raises(TrustOrderError, match="'plan' cannot run before 'parse'"):
+        t.check_plan(no_plan_check)
+    assert t.parse().sequence == 5
+    with pytest.raises(TrustOrderError, match="'sequence' cannot run before 'expiry'"):
+        t.check_sequence()
+    t.check_expiry()
+    with pytest.raises(TrustOrderError, match="'sequence' cannot run before 'plan'"):
+        t.check_sequence()
+    t.check_plan(no_plan_check)
+    acc = t.check_sequence()
+    assert t.done == list(BundleTrust.STEPS)
+    assert acc == acceptance(data, t.manifest, NOW) and acc.key_id == a.id
+
+
+def test_a_failed_step_blocks_every_later_one(a):
+    data, sig = a.signed()
+    t = BundleTrust(data + b" ", sig, {a.id: a.pub}, NOW)
+    t.check_size()
+    with pytest.raises(SignatureError):
+        t.check_signature()
+    with pytest.raises(TrustOrderError):  # a caller that swallowed the error still cannot go on
+        t.parse()
+
+
+def test_size_cap_comes_first(a):
+    big = b" " * (LIMITS.manifest + 1)
+    with pytest.raises(ManifestFormatError, match="more than"):  # not even hashed, so no SignatureError
+        BundleTrust(big, b"x" * 64, {a.id: a.pub}, NOW).check_size()
+    data, _ = a.signed()
+    with pytest.raises(SignatureError, match="more than"):
+        BundleTrust(data, b"x" * (LIMITS.signature + 1), {a.id: a.pub}, NOW).check_size()
+
+
+def test_plan_check_runs_after_expiry_and_before_anti_rollback(a):
+    data, sig = a.signed()
+    seen = []
+
+    def refuse(manifest):
+        seen.append(manifest.bundle_id)
+        raise PlanMismatchError("the bundle's plan is not mine")
+
+    newer = {"overleaf-ce": {a.id: Accepted(9, "b9", "f" * 64, "t", a.id)}}
+    with pytest.raises(PlanMismatchError):  # not RollbackError: the plan rule comes first
+        BundleTrust(data, sig, {a.id: a.pub}, NOW, record=newer).verify(plan_check=refuse)
+    assert seen == ["b1b1b1b1"]
+    with pytest.raises(ExpiredBundleError):  # expiry before the plan: the checker is never called
+        BundleTrust(data, sig, {a.id: a.pub}, datetime(2027, 1, 1, tzinfo=timezone.utc)).verify(plan_check=refuse)
+    assert seen == ["b1b1b1b1"]
+    with pytest.raises(RollbackError):
+        BundleTrust(data, sig, {a.id: a.pub}, NOW, record=newer).verify(plan_check=no_plan_check)
+
+
+def test_record_is_per_signing_key_with_legacy_floor(a):
+    data, sig = a.signed()
+    other_key = {"overleaf-ce": {"ed25519:other": Accepted(9, "b9", "f" * 64, "t", "ed25519:other")}}
+    assert BundleTrust(data, sig, {a.id: a.pub}, NOW, record=other_key).verify(plan_check=no_plan_check)
+    legacy = {"overleaf-ce": {"": Accepted(9, "b9", "f" * 64, "t")}}
+    with pytest.raises(RollbackError):
+        BundleTrust(data, sig, {a.id: a.pub}, NOW, record=legacy).verify(plan_check=no_plan_check)
+    assert last_accepted(other_key, "overleaf-ce").sequence == 9
+    assert last_accepted(other_key, "overleaf-ce", a.id) is None
+
+
+_SIGNER = Signer()
+_DATA, _SIG = _SIGNER.signed()
+_KEYS = {_SIGNER.id: _SIGNER.pub}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pos=st.integers(min_value=0), flip=st.integers(min_value=1, max_value=255), in_sig=st.booleans())
+def test_any_changed_byte_is_a_signature_error(pos, flip, in_sig):
+    target = bytearray(_SIG if in_sig else _DATA)
+    target[pos % len(target)] ^= flip
+    data, sig = (_DATA, bytes(target)) if in_sig else (bytes(target), _SIG)
+    t = BundleTrust(data, sig, _KEYS, NOW)
+    t.check_size()
+    with pytest.raises(SignatureError):
+        t.check_signature()
+
+
+@settings(max_examples=150, deadline=None)
+@given(seconds=st.integers(min_value=-400 * 86400, max_value=400 * 86400), allow=st.booleans())
+def test_expiry_is_exactly_now_before_expires(seconds, allow):
+    from datetime import timedelta
+    expires = datetime(2026, 8, 1, tzinfo=timezone.utc)
+    now = expires + timedelta(seconds=seconds)
+    t = BundleTrust(_DATA, _SIG, _KEYS, now)
+    if now >= expires and not allow:
+        with pytest.raises(ExpiredBundleError):
+            t.verify(plan_check=no_plan_check)
+    else:
+        got = t.verify(plan_check=no_plan_check, allow_expired=allow)
+        assert any("--allow-expired" in w for w in got.warnings) == (now >= expires)
+
+
+@settings(max_examples=150, deadline=None)
+@given(last=st.integers(min_value=0, max_value=2**63 - 1), same_digest=st.booleans(), allow=st.booleans())
+def test_anti_rollback_over_sequences(last, same_digest, allow):
+    digest = hashlib.sha256(_DATA).hexdigest() if same_digest else "f" * 64
+    record = {"overleaf-ce": {_SIGNER.id: Accepted(last, "bx", digest, "t", _SIGNER.id)}}
+    rolls_back = 5 < last or (5 == last and not same_digest)
+    t = BundleTrust(_DATA, _SIG, _KEYS, NOW, record=record)
+    if rolls_back and not allow:
+        with pytest.raises(RollbackError):
+            t.verify(plan_check=no_plan_check)
+    else:
+        got = t.verify(plan_check=no_plan_check, allow_downgrade=allow)
+        assert got.accepted.sequence == 5 and bool(got.warnings) == rolls_back
+
+
+def test_verify_bundle_parses_the_manifest_once(a, tmp_path, monkeypatch):
+    """importer verify feeds BundleTrust once: BundleManifest.from_bytes runs one time per verify."""
+    from manifests.bundle import BundleManifest
+    from importer.images import verify as verify_mod
+    from importer.images.hoststate import TrustedKeys
+    data, sig = a.signed()
+    (tmp_path / "manifest.json").write_bytes(data)
+    (tmp_path / "manifest.json.sig").write_bytes(sig)
+    calls = []
+    real = BundleManifest.from_bytes.__func__
+
+    def counting(cls, raw):
+        calls.append(len(raw))
+        return real(cls, raw)
+
+    monkeypatch.setattr(BundleManifest, "from_bytes", classmethod(counting))
+    monkeypatch.setattr(verify_mod, "check_plan", no_plan_check)
+    state = HostState(tmp_path / "state.json")
+    with pytest.raises(verify_mod.IntegrityError):  # the payload is absent: the trust rules passed first
+        verify_mod.verify_bundle(verify_mod.BundleFolders(tmp_path), TrustedKeys({a.id: a.pub}), state,
+                                 now=NOW)
+    assert calls == [len(data)]
 
 
 # --- the host's files --------------------------------------------------------------------------------

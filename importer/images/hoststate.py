@@ -42,9 +42,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from manifests.atomic import atomic_write_bytes
 from manifests.bundle import canonical_json
 from manifests.errors import KeyError_, RollbackError, StateError
-from manifests.safeio import STATE_CAP, loads_json, read_regular
+from manifests.limits import LIMITS
+from manifests.safeio import loads_json, read_regular
 from manifests.signing import key_id, load_public_key
-from manifests.trust import ROLLBACK_HINT, Accepted, check_sequence, rollback_problem
+from manifests.trust import ROLLBACK_HINT, Accepted, check_sequence, last_accepted, rollback_problem
 
 TRUST_DIR_ENV = "OVERLEAF_AIRGAP_TRUST_DIR"
 DEFAULT_TRUST_DIR = Path("/etc/overleaf-airgap/trusted.d")
@@ -129,12 +130,7 @@ class HostState:
         That is the entry of that key, or an entry recorded before the state was kept per key
         (key ``""``), whichever is higher. Without ``key_id``: the highest of any key.
         """
-        keys = self.by_key.get(product_key, {})
-        if key_id is None:
-            cands = list(keys.values())
-        else:
-            cands = [a for a in (keys.get(key_id), keys.get("")) if a is not None]
-        return max(cands, key=lambda a: a.sequence) if cands else None
+        return last_accepted(self.by_key, product_key, key_id)
 
     def to_dict(self) -> dict:
         return {"schema": STATE_SCHEMA,
@@ -203,7 +199,7 @@ _DAMAGED_HINT = ("Restore it from a backup (it records the last accepted bundle 
 def _read(path: Path) -> dict[str, dict[str, Accepted]]:
     """The state file's entries, per product key and signing key (schema 1 files: key ``""``)."""
     try:
-        data = read_regular(path, STATE_CAP, "the state file", StateError, follow_symlinks=True,
+        data = read_regular(path, LIMITS.host_state, "the state file", StateError, follow_symlinks=True,
                             hint=f"Point {STATE_ENV} at the state file this tool wrote.")
     except FileNotFoundError:
         return {}

@@ -57,16 +57,18 @@ from manifests.bundle import LAYER_TYPES, OCI_INDEX, BlobEntry, BundleManifest, 
 from manifests.errors import (AirgapError, BundleError, EngineError, IntegrityError, PayloadFormatError,
                               TagConflictError)
 from manifests.imageref import normalize, split_ref
+from manifests.limits import LIMITS
 from manifests.payload import SegmentReader, iter_members, zstd_decompressor
 from manifests.receipt import chain_ids
 
 from importer.images.engine import (EngineInfo, HostImages, down_error, engine_info, engine_name, image_id, inspect, stream_error,
                      tag_image)
+from importer.images.blobs import BlobStream
 from importer.images.verify import VerifiedBundle
 
 CHUNK = 1024 * 1024
 PIPE_SIZE = 1024 * 1024
-SMALL_BLOB_MAX = 16 * 1024 * 1024    # manifests and configs are read whole: never more than this
+SMALL_BLOB_MAX = LIMITS.small_blob    # manifests and configs are read whole: never more than this
 BAD_BUNDLE = "The bundle is malformed or was made by a bad signer: do not use it; ask its builder for a new one."
 
 
@@ -265,39 +267,6 @@ def _decoder() -> zstandard.ZstdDecompressor:
     return zstd_decompressor()
 
 
-class _VerifyingReader:
-    """A blob's content, exactly ``blob.size`` bytes, hashed as it passes; ``finish()`` checks digest and end."""
-
-    def __init__(self, src: Any, blob: BlobEntry) -> None:
-        self.src = src
-        self.blob = blob
-        self.hash = hashlib.sha256()
-        self.left = blob.size
-
-    def _read(self, n: int) -> bytes:
-        try:
-            return self.src.read(n)
-        except zstandard.ZstdError as exc:
-            raise IntegrityError(f"blob {self.blob.digest}: its zstd encoding does not decode ({exc})",
-                                 BAD_BUNDLE) from None
-
-    def read(self, n: int) -> bytes:
-        data = self._read(min(n, self.left)) if self.left else b""
-        if not data and self.left:
-            raise IntegrityError(f"blob {self.blob.digest} ends {self.left} bytes early (the manifest says "
-                                 f"{self.blob.size} bytes)", BAD_BUNDLE)
-        self.hash.update(data)
-        self.left -= len(data)
-        return data
-
-    def finish(self) -> None:
-        if self._read(1):
-            raise IntegrityError(f"blob {self.blob.digest} is longer than the manifest says ({self.blob.size} bytes)",
-                                 BAD_BUNDLE)
-        if "sha256:" + self.hash.hexdigest() != self.blob.digest:
-            raise IntegrityError(f"blob {self.blob.digest} does not match its digest (content altered)", BAD_BUNDLE)
-
-
 class _ZstdLayerToTar:
     """A zstd-compressed layer blob decoded to its tar, for engines that refuse zstd layer files.
 
@@ -305,7 +274,7 @@ class _ZstdLayerToTar:
     (``Frame_Content_Size``); a layer that does not record it cannot be sent to such an engine.
     """
 
-    def __init__(self, blob_reader: _VerifyingReader, diff_id: str) -> None:
+    def __init__(self, blob_reader: BlobStream, diff_id: str) -> None:
         head = blob_reader.read(min(CHUNK, blob_reader.left)) if blob_reader.left else b""
         try:
             size = zstandard.frame_content_size(head)
@@ -400,10 +369,7 @@ def write_archive(out: IO[bytes], vb: VerifiedBundle, plan: LoadPlan,
             if blob.digest in seen:
                 raise PayloadFormatError(f"the payload holds {name} twice", BAD_BUNDLE)
             seen.add(blob.digest)
-            src: Any = member
-            if blob.encoding == "zstd":
-                src = _decoder().stream_reader(member, read_size=CHUNK, read_across_frames=True, closefd=False)
-            content = _VerifyingReader(src, blob)
+            content = BlobStream(member, blob, BAD_BUNDLE)
             if blob.kind != "layer":
                 if layers_started:
                     raise PayloadFormatError(f"the payload holds {blob.kind} {blob.digest} after a layer "
@@ -411,13 +377,10 @@ def write_archive(out: IO[bytes], vb: VerifiedBundle, plan: LoadPlan,
                 if blob.size > SMALL_BLOB_MAX:
                     raise PayloadFormatError(f"{blob.kind} blob {blob.digest} is {blob.size} bytes, over the limit "
                                              f"of {SMALL_BLOB_MAX}", BAD_BUNDLE)
-                data = bytearray()
-                while len(data) < blob.size:
-                    data += content.read(blob.size - len(data))
-                content.finish()
-                _check_small_blob(blob, bytes(data), manifest)
+                data = content.read_all(SMALL_BLOB_MAX)
+                _check_small_blob(blob, data, manifest)
                 if blob.digest in plan.send:
-                    archive.add_bytes(archive_name(blob, plan.store), bytes(data))
+                    archive.add_bytes(archive_name(blob, plan.store), data)
                 continue
             layers_started = True
             if blob.digest not in plan.send:

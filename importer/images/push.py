@@ -35,22 +35,23 @@ A first path component is a registry host when it holds a ``.`` or ``:`` or is
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-import zstandard
-
 from manifests.bundle import BlobEntry, BundleManifest
 from manifests.distribution import RegistryClient, is_loopback
 from manifests.errors import IntegrityError, MissingLayersError, RegistryAddressError, RegistryError
 from manifests.imageref import normalize, split_ref
-from manifests.payload import SegmentReader, iter_members, zstd_decompressor
+from manifests.limits import LIMITS
+from manifests.payload import SegmentReader, iter_members
+
+from importer.images.blobs import BlobStream
 
 CHUNK = 1024 * 1024
-MANIFEST_LIMIT = 4 * 1024 * 1024
+MANIFEST_LIMIT = LIMITS.image_manifest
+NOT_PUSHED = "The bundle is malformed or was built by a faulty builder: ask for a new one. No tag was pushed."
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _HOST_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*(?::([0-9]{{1,5}}))?$")
@@ -220,7 +221,8 @@ class PushResult:
 
 
 class _OneShotBlob:
-    """The blob bytes of one payload member, decoded if needed, hashed and counted as they are read.
+    """One payload member's blob for an upload: :class:`importer.images.blobs.BlobStream` (decoded, sized,
+    hashed), opened at most once.
 
     The payload is read once, so the stream can be opened once: a second ``open()`` (a retried
     upload) raises. :meth:`finish` checks size, digest and that nothing follows.
@@ -228,12 +230,12 @@ class _OneShotBlob:
 
     def __init__(self, member, blob: BlobEntry) -> None:
         self.blob = blob
-        self.src = (zstd_decompressor().stream_reader(member, read_size=CHUNK, read_across_frames=True,
-                                                               closefd=False)
-                    if blob.encoding == "zstd" else member)
-        self.hash = hashlib.sha256()
-        self.count = 0
+        self.stream = BlobStream(member, blob, NOT_PUSHED)
         self.opened = False
+
+    @property
+    def count(self) -> int:
+        return self.stream.count
 
     def open(self) -> "_OneShotBlob":
         if self.opened:
@@ -252,22 +254,11 @@ class _OneShotBlob:
         return None
 
     def read(self, n: int = -1) -> bytes:
-        try:
-            data = self.src.read(CHUNK if n is None or n < 0 else n)
-        except zstandard.ZstdError as exc:
-            raise IntegrityError(f"blob {self.blob.digest} in the payload cannot be decompressed: {exc}",
-                                 "The bundle is malformed: ask its builder for a new one.") from None
-        self.hash.update(data)
-        self.count += len(data)
-        return data
+        return self.stream.read(n)
 
     def finish(self) -> None:
         if self.opened:
-            extra = self.read(1)
-            if extra or self.count != self.blob.size or "sha256:" + self.hash.hexdigest() != self.blob.digest:
-                raise IntegrityError(f"blob {self.blob.digest} in the payload does not match its digest or size",
-                                     "The bundle is malformed or was built by a faulty builder: ask for a new one. "
-                                     "No tag was pushed.")
+            self.stream.finish()
 
 
 def _plan_repositories(manifest: BundleManifest, mapping: dict[str, str], prefix_len: int
@@ -420,20 +411,7 @@ def _stream_blobs(client: RegistryClient, manifest: BundleManifest, needs: dict[
 
 
 def _read_manifest(member, blob: BlobEntry) -> bytes:
-    if blob.size > MANIFEST_LIMIT:
-        raise IntegrityError(f"manifest blob {blob.digest} is {blob.size} bytes, over {MANIFEST_LIMIT}",
-                             "The bundle is malformed: ask its builder for a new one.")
-    stream = _OneShotBlob(member, blob).open()
-    data = b""
-    while True:
-        chunk = stream.read(CHUNK)
-        if not chunk:
-            break
-        data += chunk
-        if len(data) > MANIFEST_LIMIT:
-            break
-    stream.finish()
-    return data
+    return BlobStream(member, blob, NOT_PUSHED).read_all(MANIFEST_LIMIT)
 
 
 __all__ = ["MissingLayersError", "PushResult", "RegistryAddressError", "RegistryTarget", "check_registry",

@@ -1,7 +1,12 @@
-"""Verify a bundle folder: signature first, then expiry and anti-rollback, then every byte.
+"""Verify a bundle folder: the trust rules first, then every byte.
 
-The order is :mod:`manifests.trust`'s (this module only feeds it bytes): nothing in
-``manifest.json`` is read before its signature checked out against a trusted key.
+The rules are :class:`manifests.trust.BundleTrust`'s (size cap, signature, strict parse,
+expiry, plan check, anti-rollback, in that order); this module does the I/O around it:
+it reads ``manifest.json`` and its signature (bounded, :mod:`manifests.safeio`), hands
+their bytes, the trusted keys and the host's anti-rollback record to it once, and records
+the bundle under the state file's lock when everything passed. Nothing in
+``manifest.json`` is read before its signature checked out against a trusted key, and
+the manifest is parsed once.
 Then every part and file the manifest lists is located (in the bundle folder or in
 the ``--parts-from`` folders, one per disc) and its size compared. Parts are checked
 segment by segment against the manifest's per-segment hashes
@@ -37,9 +42,10 @@ from typing import Callable, Iterable, Sequence
 from manifests.bundle import MANIFEST_NAME, PAYLOAD_PREFIX, PUBKEY_NAME, README_NAME, SIGNATURE_NAME, BundleManifest, FileRef
 from manifests.errors import IntegrityError, KeyError_, SignatureError
 from manifests.payload import check_part
-from manifests.safeio import MANIFEST_CAP, SIGNATURE_CAP, read_regular
+from manifests.limits import LIMITS
+from manifests.safeio import read_regular
 from manifests.signing import key_id, load_public_key
-from manifests.trust import Accepted, acceptance, verify_manifest
+from manifests.trust import Accepted, BundleTrust
 
 from importer.images.hoststate import HostState, TrustedKeys
 from importer.images.plan_check import check_plan
@@ -365,13 +371,13 @@ def read_signed_manifest(bundle_dir: Path) -> tuple[bytes, bytes | None]:
     """manifest.json and its signature: regular files only, bounded, read without blocking (manifests.safeio)."""
     manifest_path = safe_path(bundle_dir, MANIFEST_NAME)
     try:
-        data = read_regular(manifest_path, MANIFEST_CAP, "the manifest", IntegrityError,
+        data = read_regular(manifest_path, LIMITS.manifest, "the manifest", IntegrityError,
                             hint="Copy manifest.json again from the original media.")
     except FileNotFoundError:
         raise IntegrityError(f"{bundle_dir} holds no {MANIFEST_NAME}: is it a bundle folder?",
                              "Pass the folder that holds manifest.json (the first disc of the bundle).") from None
     try:
-        sig = read_regular(safe_path(bundle_dir, SIGNATURE_NAME), SIGNATURE_CAP, "the signature", SignatureError,
+        sig = read_regular(safe_path(bundle_dir, SIGNATURE_NAME), LIMITS.signature, "the signature", SignatureError,
                            hint="Copy manifest.json.sig again from the original media.")
     except FileNotFoundError:
         sig = None
@@ -407,22 +413,23 @@ def verify_bundle(folders: BundleFolders, trusted: TrustedKeys, state: HostState
         raise SignatureError(f"no trusted public keys: {where} holds no usable .pub file",
                              "Pass --trust PUBKEY, or copy the signer's .pub file into the trust folder "
                              "(OVERLEAF_AIRGAP_TRUST_DIR overrides its location).")
-    # The manifest names its key id, but it is read only after the signature verified: try every trusted key.
+    # The manifest names its key id, but it is read only after the signature verified: every trusted key is tried.
+    trust = BundleTrust(data, sig, trusted.keys, now, record=state.by_key)
     try:
-        manifest, warnings = _verify(data, sig, trusted, state, now, allow_expired, allow_downgrade)
+        checked = trust.verify(plan_check=check_plan,   # the signed plan must be the plan this importer makes
+                               allow_expired=allow_expired, allow_downgrade=allow_downgrade)
     except SignatureError as err:
         if sig is not None and len(sig) == 64:
             raise SignatureError(err.message, f"{err.hint} {_untrusted_hint(folders.bundle_dir, trusted)}") from None
         raise
-    check_plan(manifest)   # the signed plan must be the plan this importer makes from its own catalog
+    manifest, warnings = checked.manifest, list(checked.warnings)
     if on_manifest:
         on_manifest(manifest, warnings)
     report = check_contents(manifest, folders, on_bytes, hash_parts=not stream_parts)
     report.parts_hashed = not stream_parts
     if report.problems:
         raise integrity_error(report)
-    accepted = acceptance(data, manifest, now)
-    vb = VerifiedBundle(manifest, data, manifest.key_id, warnings, report, folders, accepted, False, state,
+    vb = VerifiedBundle(manifest, data, checked.signer, warnings, report, folders, checked.accepted, False, state,
                         allow_downgrade)
     if not stream_parts:
         accept_bundle(vb)
@@ -439,16 +446,6 @@ def accept_bundle(vb: VerifiedBundle) -> bool:
         return False
     vb.recorded = vb.state.accept(vb.manifest.product_key, vb.accepted, allow_downgrade=vb.allow_downgrade)
     return vb.recorded
-
-
-def _verify(data: bytes, sig: bytes | None, trusted: TrustedKeys, state: HostState, now: datetime,
-            allow_expired: bool, allow_downgrade: bool) -> tuple[BundleManifest, list[str]]:
-    """verify_manifest with the right Accepted: the product key comes from the (verified) manifest itself."""
-    # First pass without anti-rollback: signature, schema, expiry. It raises before anything is trusted.
-    manifest, _ = verify_manifest(data, sig, trusted.keys, now=now, accepted=None,
-                                  allow_expired=allow_expired, allow_downgrade=allow_downgrade)
-    return verify_manifest(data, sig, trusted.keys, now=now, accepted=state.get(manifest.product_key, manifest.key_id),
-                           allow_expired=allow_expired, allow_downgrade=allow_downgrade)
 
 
 def summary(vb: VerifiedBundle) -> dict:

@@ -34,6 +34,7 @@ from typing import Callable
 from manifests.atomic import atomic_write_bytes, fsync_dir
 from manifests.bundle import iso, utc_now
 from manifests.errors import DiskSpaceError, ToolkitError
+from manifests.limits import LIMITS
 
 CHUNK = 1024 * 1024
 
@@ -185,7 +186,7 @@ def verify_tree(base: Path, sums: dict[str, str], labels: dict[str, Path] | None
     return bad
 
 
-MAX_RECORD = 1024 * 1024
+MAX_RECORD = LIMITS.backup_record
 
 
 def load_record(path: Path) -> BackupRecord:

@@ -25,7 +25,8 @@ from typing import Any
 from manifests.atomic import atomic_write_bytes
 from manifests.bundle import iso, utc_now
 from manifests.errors import ToolkitError
-from manifests.safeio import JOURNAL_CAP, loads_json, read_regular
+from manifests.limits import LIMITS
+from manifests.safeio import loads_json, read_regular
 
 STATE_DIR = ".overleaf-airgap"
 JOURNAL_SCHEMA = 1
@@ -157,7 +158,7 @@ class Journal:
         hint = "Restore it from the audit log's record or move it away to start over."
         what = "the upgrade journal"
         try:
-            data = read_regular(path, JOURNAL_CAP, what, ToolkitError, hint=hint)
+            data = read_regular(path, LIMITS.journal, what, ToolkitError, hint=hint)
         except FileNotFoundError:
             return None
         d = loads_json(data, f"{what} {path}", ToolkitError, hint)

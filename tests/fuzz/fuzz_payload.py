@@ -2,7 +2,7 @@
 
 The fuzzed bytes stand for a payload part whose segment hashes are *correct* (as if a bad
 signer made it): so every byte reaches the tar reader and, for ``.zst`` members, the zstd
-decoder of :mod:`importer.images.load`. They must refuse with :class:`IntegrityError` (or its
+decoder of :class:`importer.images.blobs.BlobStream` (the blob verifier of load and push). They must refuse with :class:`IntegrityError` (or its
 :class:`PayloadFormatError`), never crash or hang.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 from manifests.bundle import BlobEntry, PartRef
 from manifests.errors import IntegrityError
-from manifests.payload import END_OF_ARCHIVE, SegmentReader, iter_members, member_header, padding, zstd_decompressor
+from manifests.payload import END_OF_ARCHIVE, SegmentReader, iter_members, member_header, padding
 
-from importer.images.load import _VerifyingReader
+from importer.images.blobs import BlobStream
 
 ALLOWED = (IntegrityError,)
 SEGMENT = 64 * 1024
@@ -46,12 +46,10 @@ def target(data: bytes) -> None:
             if name.endswith(".zst"):
                 blob = BlobEntry("sha256:" + hexd, "layer", "application/vnd.oci.image.layer.v1.tar", 1 << 20,
                                  "zstd", size)
-                src = zstd_decompressor().stream_reader(member, read_across_frames=True, closefd=False)
             else:
                 blob = BlobEntry("sha256:" + hexd, "config", "application/vnd.oci.image.config.v1+json", size,
                                  "none", size)
-                src = member
-            v = _VerifyingReader(src, blob)
+            v = BlobStream(member, blob)
             while v.left and v.read(65536):
                 pass
             if blob.encoding == "none":
