@@ -53,8 +53,8 @@ CHUNK = 1024 * 1024
 MANIFEST_LIMIT = 4 * 1024 * 1024
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_HOST_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*(?::([0-9]{{1,5}}))?$")
-_PATH_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_HOST_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*(?::([0-9]{{1,5}}))?\Z")
+_PATH_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*\Z")
 
 
 # --- the registry address ------------------------------------------------------------------------
