@@ -23,8 +23,8 @@ from typing import Iterable
 from manifests.errors import EngineError, UsageError
 from manifests.imageref import DOCKER_HUB, HUB_ALIASES, normalize
 
-_DOMAIN_RE = re.compile(r"^(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)(?::[0-9]+)?$")
-_PLATFORM_RE = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$")
+_DOMAIN_RE = re.compile(r"^(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)(?::[0-9]+)?\Z")
+_PLATFORM_RE = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?\Z")
 ENGINE_TIMEOUT = 3600  # seconds: a big export keeps the engine busy before the first byte
 
 

@@ -44,10 +44,10 @@ DIST = "overleaf-airgap"
 REQUIREMENTS = "requirements.txt"
 # name-version(-build)?-python-abi-platform.whl (PEP 427)
 WHEEL_NAME_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.]*)-(?P<version>[A-Za-z0-9_.!+]+)"
-                           r"(?:-(?P<build>\d[A-Za-z0-9_]*))?-(?P<tags>[A-Za-z0-9_.]+-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+)\.whl$")
+                           r"(?:-(?P<build>\d[A-Za-z0-9_]*))?-(?P<tags>[A-Za-z0-9_.]+-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+)\.whl\Z")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _SKIP_META = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json", "RECORD.jws", "RECORD.p7s"}
-_MANYLINUX = re.compile(r"^manylinux_(\d+)_(\d+)_([a-z0-9_]+)$")
+_MANYLINUX = re.compile(r"^manylinux_(\d+)_(\d+)_([a-z0-9_]+)\Z")
 _LEGACY = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
 
 
@@ -268,7 +268,7 @@ def write_requirements(folder: Path, wheels: Sequence[Path]) -> Path:
 def collect_wheels(cache: Path, *, python: str, platforms: Sequence[str],
                    log: Callable[[str], None] = lambda m: None) -> list[Path]:
     """Build overleaf-airgap's wheel and download its dependencies into ``cache``; return the wheels."""
-    if not re.match(r"^3\.\d+$", python):
+    if not re.match(r"^3\.\d+\Z", python):
         raise UsageError(f"--offline-python {python!r} is not a Python version like 3.11")
     own = cache / "project"
     deps = cache / "deps"

@@ -69,13 +69,13 @@ MIN_SEGMENT_SIZE = 64 * 1024
 MAX_SEGMENT_SIZE = 64 * 1024 * 1024
 MAX_SEQUENCE = 2**63 - 1
 
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-HEX_RE = re.compile(r"^[0-9a-f]{64}$")
-PART_RE = re.compile(r"^payload\.[0-9]{3,6}$")
-FILE_RE = re.compile(r"^(?:wheels/)?[A-Za-z0-9][A-Za-z0-9._+-]{0,200}$")
-BLOB_PATH_RE = re.compile(r"^blobs/sha256/[0-9a-f]{64}(?:\.zst)?$")
-PLATFORM_RE = re.compile(r"^[a-z0-9]{1,20}/[a-z0-9_]{1,20}(?:/[a-z0-9]{1,10})?$")
-MEDIA_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,126}/[a-z0-9][a-z0-9.+_-]{0,126}$")
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+HEX_RE = re.compile(r"^[0-9a-f]{64}\Z")
+PART_RE = re.compile(r"^payload\.[0-9]{3,6}\Z")
+FILE_RE = re.compile(r"^(?:wheels/)?[A-Za-z0-9][A-Za-z0-9._+-]{0,200}\Z")
+BLOB_PATH_RE = re.compile(r"^blobs/sha256/[0-9a-f]{64}(?:\.zst)?\Z")
+PLATFORM_RE = re.compile(r"^[a-z0-9]{1,20}/[a-z0-9_]{1,20}(?:/[a-z0-9]{1,10})?\Z")
+MEDIA_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,126}/[a-z0-9][a-z0-9.+_-]{0,126}\Z")
 ENCODINGS = ("none", "zstd")
 KINDS = ("manifest", "config", "layer")
 
@@ -377,10 +377,10 @@ def _validate(d: dict[str, Any]) -> BundleManifest:
     toolkit = d.get("toolkit")
     if toolkit is not None:
         _need(isinstance(toolkit, dict) and isinstance(toolkit.get("commit"), str)
-              and bool(re.match(r"^[0-9a-f]{40,64}$", toolkit["commit"])), "toolkit.commit must be a git commit id")
+              and bool(re.match(r"^[0-9a-f]{40,64}\Z", toolkit["commit"])), "toolkit.commit must be a git commit id")
         _need(toolkit.get("file") in [f.name for f in files], "toolkit.file is not among the files")
         branch = toolkit.get("branch")
-        _need(branch is None or (isinstance(branch, str) and bool(re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,100}$",
+        _need(branch is None or (isinstance(branch, str) and bool(re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,100}\Z",
                                                                            branch)) and ".." not in branch),
               "toolkit.branch is not a plain branch name")
     seq = _int(d["sequence"], "sequence", MAX_SEQUENCE)
@@ -391,15 +391,15 @@ def _validate(d: dict[str, Any]) -> BundleManifest:
     _need(d.get("recompress") in (None, "zstd"), "recompress must be null or zstd")
     overlay = d.get("catalog_overlay")
     _need(overlay is None or isinstance(overlay, dict), "catalog_overlay must be an object")
-    version_re = re.compile(r"^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?:-[A-Za-z0-9.-]{1,40})?$")
+    version_re = re.compile(r"^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?:-[A-Za-z0-9.-]{1,40})?\Z")
     return BundleManifest(
-        bundle_id=_str(d["bundle_id"], "bundle_id", re.compile(r"^[0-9a-f]{8,64}$")),
-        tool_version=_str(d["tool_version"], "tool_version", re.compile(r"^[0-9A-Za-z.+_-]{1,40}$")),
-        product=_str(d["product"], "product", re.compile(r"^[a-z][a-z0-9-]{0,30}$")),
+        bundle_id=_str(d["bundle_id"], "bundle_id", re.compile(r"^[0-9a-f]{8,64}\Z")),
+        tool_version=_str(d["tool_version"], "tool_version", re.compile(r"^[0-9A-Za-z.+_-]{1,40}\Z")),
+        product=_str(d["product"], "product", re.compile(r"^[a-z][a-z0-9-]{0,30}\Z")),
         edition=d["edition"], from_version=_str(d["from_version"], "from_version", version_re),
         to_version=_str(d["to_version"], "to_version", version_re),
         created=d["created"], expires=d["expires"], sequence=seq,
-        key_id=_str(d["key_id"], "key_id", re.compile(r"^[A-Za-z0-9:_-]{1,100}$")),
+        key_id=_str(d["key_id"], "key_id", re.compile(r"^[A-Za-z0-9:_-]{1,100}\Z")),
         platform=_str(d["platform"], "platform", PLATFORM_RE), plan=d["plan"], images=images, blobs=blobs,
         parts=parts, payload_size=payload_size, max_part_size=max_part, segment_size=segment_size, files=files,
         toolkit=toolkit, delta=delta, catalog_overlay=overlay, recompress=d.get("recompress"))
@@ -419,7 +419,7 @@ def parse_size(text: str) -> int:
     t = str(text).strip().lower()
     if t in MEDIA_SIZES:
         return MEDIA_SIZES[t]
-    m = re.match(r"^(\d{1,15}(?:\.\d{1,6})?)\s*([kmgt]?)(i?b)?$", t)
+    m = re.match(r"^(\d{1,15}(?:\.\d{1,6})?)\s*([kmgt]?)(i?b)?\Z", t)
     if not m:
         raise ValueError(f"{text!r} is not a size (use e.g. 700M, 4G, fat32, dvd, bd25)")
     mult = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[m.group(2)]

@@ -397,13 +397,13 @@ def write_overlay(path: Path, releases: Iterable[Release]) -> None:
     atomic_write_bytes(Path(path), yaml.safe_dump(data, sort_keys=False).encode())
 
 
-TAG_RE = re.compile(r"^\d+\.\d+\.\d+$")
+TAG_RE = re.compile(r"^\d+\.\d+\.\d+\Z")
 
 
 # --- the overlay a bundle carries (signed, inside manifest.json) ---------------------------
 MANIFEST_OVERLAY_SCHEMA = 1
 MANIFEST_OVERLAY_MAX_RELEASES = 500
-_OVERLAY_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_OVERLAY_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
 
 
 def overlay_releases(cat: Catalog) -> list[Release]:

@@ -34,7 +34,7 @@ PLAN_SCHEMA = 1
 IMAGE_REF_RE = re.compile(
     r"^(?:[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?/)?"  # optional registry host[:port]/
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-    r":[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+    r":[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z"
 )
 
 
@@ -174,7 +174,7 @@ class _Planner:
 
     # images ---------------------------------------------------------------------------
     def _texlive_ref(self, t: str) -> str:
-        if re.match(r"^\d+\.\d+$", t):
+        if re.match(r"^\d+\.\d+\Z", t):
             t = f"{self.cat.images['texlive']}:{t}"
         return check_image_ref(t)
 

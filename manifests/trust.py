@@ -55,7 +55,7 @@ CLOCK_SKEW = timedelta(hours=24)
 
 
 SEQUENCE_LIMIT = 2**63  # sequences are below this: a signed 10**4299 cannot lock a host out for ever
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True)

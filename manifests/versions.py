@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from .errors import PlanError
 
-_APP_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-RC(\d+))?(-with-texlive-full)?$")
-_MM_RE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?$")
+_APP_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-RC(\d+))?(-with-texlive-full)?\Z")
+_MM_RE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?\Z")
 
 
 @dataclass(frozen=True, order=True)

@@ -157,7 +157,7 @@ class HostState:
                 return False
             self.by_key.setdefault(product_key, {})[accepted.key_id] = accepted
             try:
-                atomic_write_bytes(self.path, canonical_json(self.to_dict()), mode=0o644)
+                atomic_write_bytes(self.path, canonical_json(self.to_dict()), mode=0o644, keep=True)
             except OSError as exc:
                 raise StateError(f"cannot write the state file {self.path}: {exc.strerror}",
                                  f"Run as root, or point {STATE_ENV} at a writable file.") from exc

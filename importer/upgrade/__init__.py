@@ -56,6 +56,7 @@ from importer.upgrade.rehearse import RehearseOptions, rehearse
 from importer.upgrade.rehearsal_record import RehearsalRecord
 from importer.upgrade.runner import Upgrader, pull_settings_needed, rc_needs_rename, run_upgrade
 from importer.upgrade.journal import Audit, Journal, ToolkitLock
+from importer.upgrade.toolkit import check_config_files
 from importer.upgrade.toolkit_code import update_toolkit_code
 from importer.upgrade.base import (Context, RunStep, UpgradeOptions, data_sources, describe, not_covered, plan_steps,
                            validate_plan)
@@ -119,6 +120,7 @@ def upgrade_toolkit(toolkit: Path, opts: UpgradeOptions, *, verify: Callable[[bo
     A dry run loads nothing, so it checks every part in ``verify``.
     """
     root = toolkit.resolve()
+    check_config_files(root)   # a symlinked config file: refused before anything is read or changed
     cfg = read_toolkit(root)
     journal = current_journal(root, opts.resume)
     if opts.resume and journal is None:

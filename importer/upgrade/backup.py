@@ -5,7 +5,10 @@ data path (``OVERLEAF_DATA_PATH``, ``MONGO_DATA_PATH``, ``REDIS_DATA_PATH``,
 ``GIT_BRIDGE_DATA_PATH``), ``SHA256SUMS`` over every file, and ``backup.json``.
 It is made in ``<id>.partial`` and renamed when complete, so a half-made backup is
 never mistaken for one. Services must be stopped first (the caller does ``bin/stop``).
-Files keep their mode and owner (MongoDB and Redis data belong to container users).
+Files keep their mode and owner (MongoDB and Redis data belong to container users). A backup is private
+from its first byte: ``<id>.partial`` is made 0700 (and stays so as ``<id>``), every folder in it 0700 and
+every file 0600 with ``O_EXCL | O_NOFOLLOW`` until its content is complete; only then does it get the
+original's owner and mode (inside the 0700 folder), so no other local user can open one while it is written.
 ``backup.json`` lists what the backup does not cover (an external MongoDB or Redis).
 
 Data paths are recorded resolved (the Toolkit resolves them with ``realpath``); a restore
@@ -71,7 +74,7 @@ def tree_size(paths: list[Path]) -> int:
 
 
 def check_space(dest: Path, need: int) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = os.statvfs(dest)
     free = st.f_bavail * st.f_frsize
     if free < need:
@@ -80,33 +83,52 @@ def check_space(dest: Path, need: int) -> None:
                              "Free space there, or choose another place with --backup-dir.")
 
 
+_SRC_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+_DST_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def _copy_file(src: Path, dst: Path, sums: list[str], rel: str) -> int:
+    """Copy one regular file: ``dst`` is made 0600 (O_EXCL, O_NOFOLLOW: a name planted there is refused) and
+    gets the source's owner, mode and times only once its content is written and synced."""
     h = hashlib.sha256()
     n = 0
-    with open(src, "rb") as fi, open(dst, "wb") as fo:
-        while True:
-            buf = fi.read(CHUNK)
-            if not buf:
-                break
-            h.update(buf)
-            fo.write(buf)
-            n += len(buf)
-        fo.flush()
-        os.fsync(fo.fileno())
-    st = os.lstat(src)
-    os.chown(dst, st.st_uid, st.st_gid)
-    shutil.copystat(src, dst)
+    fi = os.open(src, _SRC_FLAGS)
+    try:
+        st = os.fstat(fi)
+        if not stat.S_ISREG(st.st_mode):
+            raise ToolkitError(f"{src} changed into something that is not a regular file while it was backed up",
+                               "Make sure nothing changes the Toolkit's files (bin/stop), then try again.")
+        os.set_blocking(fi, True)
+        fo = os.open(dst, _DST_FLAGS, 0o600)
+        try:
+            while True:
+                buf = os.read(fi, CHUNK)
+                if not buf:
+                    break
+                h.update(buf)
+                view = memoryview(buf)
+                while view:
+                    view = view[os.write(fo, view):]
+                n += len(buf)
+            os.fsync(fo)
+            os.fchown(fo, st.st_uid, st.st_gid)
+            os.fchmod(fo, stat.S_IMODE(st.st_mode))
+            os.utime(fo, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(fo)
+    finally:
+        os.close(fi)
     sums.append(f"{h.hexdigest()}  {rel}")
     return n
 
 
 def _copy_tree(src: Path, dst: Path, sums: list[str], prefix: str, on_bytes: Callable[[int], None]) -> tuple[int, int]:
     files = size = 0
-    dst.mkdir(parents=True, exist_ok=True)
+    dst.mkdir(mode=0o700, parents=True, exist_ok=True)
     for dirpath, dirs, names in os.walk(src):
         rel_dir = os.path.relpath(dirpath, src)
         out_dir = dst / rel_dir if rel_dir != "." else dst
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)   # its own mode once its files are in
         for d in dirs:
             sp = Path(dirpath) / d
             if sp.is_symlink():
@@ -123,8 +145,8 @@ def _copy_tree(src: Path, dst: Path, sums: list[str], prefix: str, on_bytes: Cal
                 size += n
                 on_bytes(n)
         st = os.lstat(dirpath)
-        os.chown(out_dir, st.st_uid, st.st_gid)
-        shutil.copystat(dirpath, out_dir)
+        os.chown(out_dir, st.st_uid, st.st_gid, follow_symlinks=False)
+        shutil.copystat(dirpath, out_dir, follow_symlinks=False)
     return files, size
 
 
@@ -136,8 +158,12 @@ def create_backup(backup_dir: Path, sources: dict[str, Path], *, app_version: st
     bid = f"{time.strftime('%Y%m%dT%H%M%S')}-{app_version}-{step_id}"
     final = backup_dir / bid
     work = backup_dir / (bid + ".partial")
-    if work.exists():
-        shutil.rmtree(work)
+    if work.exists() or work.is_symlink():
+        if work.is_symlink() or not work.is_dir():
+            work.unlink()
+        else:
+            shutil.rmtree(work)
+    os.mkdir(work, 0o700)   # private from the first byte; keeps 0700 as <id>
     sums: list[str] = []
     files = size = 0
     sources = {k: Path(os.path.realpath(v)) for k, v in sources.items()}
@@ -148,8 +174,8 @@ def create_backup(backup_dir: Path, sources: dict[str, Path], *, app_version: st
         files, size = files + f, size + s
     record = BackupRecord(bid, str(final), iso(utc_now()), app_version, step_id, major,
                           {k: str(v) for k, v in sources.items() if v.exists()}, files, size, list(not_covered or []))
-    atomic_write_bytes(work / "SHA256SUMS", ("\n".join(sums) + "\n").encode())
-    atomic_write_bytes(work / "backup.json", json.dumps(record.to_dict(), indent=2).encode())
+    atomic_write_bytes(work / "SHA256SUMS", ("\n".join(sums) + "\n").encode(), mode=0o600)
+    atomic_write_bytes(work / "backup.json", json.dumps(record.to_dict(), indent=2).encode(), mode=0o600)
     os.replace(work, final)
     fsync_dir(backup_dir)
     return record

@@ -21,6 +21,7 @@ import yaml
 from manifests.bundle import BundleManifest
 from manifests.catalog import Catalog, load_catalog
 from manifests.errors import ManifestFormatError, PlanError, PreflightError
+from manifests.safeio import read_regular
 from manifests.planner import Step, UpgradePlan
 from manifests.toolkit_config import ToolkitConfig
 from manifests.versions import MajorMinor
@@ -245,17 +246,113 @@ def mongo_host(cfg: ToolkitConfig) -> str:
 def mongo_authenticated(cfg: ToolkitConfig) -> bool:
     return "@" in mongo_url(cfg).split("://", 1)[-1].split("/", 1)[0]
 
+OVERRIDE_NAME = "config/docker-compose.override.yml"
+OVERRIDE_CAP = 1024 * 1024      # a Compose override is a few KiB
+OVERRIDE_NODES = 100_000        # YAML nodes once every alias and merge key is expanded (a "billion laughs" is more)
+_OVERRIDE_HINT = "Fix or remove the file; bin/docker-compose would fail on it too."
+
+
+def _expanded_nodes(root: yaml.Node, cap: int) -> int:
+    """How many nodes the YAML graph ``root`` has with every alias expanded, counted without expanding it (each
+    node once, memoised); stops past ``cap``. ValueError for a node that contains itself."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            kids = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+                list(node.value) if isinstance(node, yaml.SequenceNode) else []
+            sizes[key] = min(cap + 1, 1 + sum(sizes[id(k)] for k in kids))
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise ValueError("it refers to itself through an alias")
+        on_path.add(key)
+        stack.append((node, True))
+        if isinstance(node, yaml.MappingNode):
+            stack.extend((n, False) for pair in node.value for n in pair if id(n) not in sizes)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((n, False) for n in node.value if id(n) not in sizes)
+    return sizes[id(root)]
+
+
+def parse_override(data: bytes) -> dict:
+    """The parsed override file (``yaml.SafeLoader`` only): PreflightError (exit 31) for anything Compose would not
+    take as a Compose file (not UTF-8, not YAML, not a mapping, ``services`` not a mapping of mappings, an
+    ``image`` that is not a string, ``volumes`` that are not a list of strings or mappings) or that expands past
+    :data:`OVERRIDE_NODES` nodes through aliases, or refers to itself."""
+    def bad(why: str) -> PreflightError:
+        return PreflightError(f"{OVERRIDE_NAME} {why}", _OVERRIDE_HINT)
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad(f"is not UTF-8 text (byte {exc.start})") from None
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise bad(f"is not valid YAML: {str(exc)[:500]}") from None
+    try:
+        node = loader.get_single_node()
+        if node is not None and _expanded_nodes(node, OVERRIDE_NODES) > OVERRIDE_NODES:
+            raise bad(f"expands to more than {OVERRIDE_NODES} YAML nodes through its aliases: refused")
+        doc = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        raise bad(f"is not valid YAML: {str(exc)[:500]}") from None
+    except RecursionError:
+        raise bad("is nested too deeply to be read") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise bad(f"cannot be read: {str(exc)[:200]}") from None
+    finally:
+        loader.dispose()
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise bad(f"is a YAML {type(doc).__name__}, not a mapping (Compose needs one: `services:` ...)")
+    services = doc.get("services")
+    if services is None:
+        return doc
+    if not isinstance(services, dict):
+        raise bad(f"has `services:` that is a {type(services).__name__}, not a mapping of service names")
+    for name, svc in services.items():
+        if svc is None:
+            continue
+        if not isinstance(svc, dict):
+            raise bad(f"has service {str(name)[:80]!r} that is a {type(svc).__name__}, not a mapping")
+        if "image" in svc and not isinstance(svc["image"], str):
+            raise bad(f"sets the image of service {str(name)[:80]!r} to a {type(svc['image']).__name__}, "
+                      "not a string")
+        vols = svc.get("volumes")
+        if vols is None:
+            continue
+        if not isinstance(vols, list):
+            raise bad(f"has `volumes:` of service {str(name)[:80]!r} that is a {type(vols).__name__}, not a list")
+        for v in vols:
+            ok = isinstance(v, str) or (isinstance(v, dict) and all(
+                isinstance(v.get(k, ""), str) for k in ("source", "target")))
+            if not ok:
+                raise bad(f"has a volume of service {str(name)[:80]!r} that is neither a string nor a mapping with "
+                          "string source/target")
+    return doc
+
+
 def override_file(cfg: ToolkitConfig) -> dict:
-    """``config/docker-compose.override.yml`` (which bin/docker-compose adds when present), parsed; {} if none."""
+    """``config/docker-compose.override.yml`` (which bin/docker-compose adds when present), parsed and checked by
+    :func:`parse_override`; {} if none. A FIFO, a device or a folder in its place, or a file over 1 MiB:
+    PreflightError (exit 31), read through :func:`manifests.safeio.read_regular` (never blocks)."""
     path = cfg.root / "config" / "docker-compose.override.yml"
-    if not path.is_file():
+    if not os.path.lexists(path):
         return {}
     try:
-        data = yaml.safe_load(path.read_text("utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise PreflightError(f"config/docker-compose.override.yml cannot be read: {exc}",
-                             "Fix or remove the file; bin/docker-compose would fail on it too.") from None
-    return data if isinstance(data, dict) else {}
+        data = read_regular(path, OVERRIDE_CAP, OVERRIDE_NAME, PreflightError, follow_symlinks=True,
+                            hint=_OVERRIDE_HINT)
+    except FileNotFoundError:  # a dangling link: Compose skips it too
+        return {}
+    return parse_override(data)
 
 def default_backup_dir(toolkit: Path) -> Path:
     return Path(toolkit).resolve().parent / f"{Path(toolkit).resolve().name}-backups"

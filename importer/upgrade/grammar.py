@@ -16,17 +16,17 @@ from typing import Callable
 
 from manifests.errors import ConfigValueError, ManifestFormatError
 
-VERSION_RE = re.compile(r"^\d{1,4}\.\d{1,4}\.\d{1,4}(?:-RC\d{1,4})?(?:-with-texlive-full)?$")
-SERIES_RE = re.compile(r"^\d{1,3}\.\d{1,3}$")
+VERSION_RE = re.compile(r"^\d{1,4}\.\d{1,4}\.\d{1,4}(?:-RC\d{1,4})?(?:-with-texlive-full)?\Z")
+SERIES_RE = re.compile(r"^\d{1,3}\.\d{1,3}\Z")
 # name[:tag] as Docker spells it: lowercase path components, optional host[:port], optional tag
 _NAME = (r"(?:[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]{1,5})?/)?"
          r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
-IMAGE_NAME_RE = re.compile(rf"^{_NAME}$")
-IMAGE_REF_RE = re.compile(rf"^{_NAME}:[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}$")
-BOOL_RE = re.compile(r"^(?:true|false)$")
-SECRET_RE = re.compile(r"^[A-Za-z0-9+/=_-]{16,256}$")      # base64 / base64url, as `openssl rand -base64 32`
-LEVEL_RE = re.compile(r"^[0-2]$")
-STEP_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+IMAGE_NAME_RE = re.compile(rf"^{_NAME}\Z")
+IMAGE_REF_RE = re.compile(rf"^{_NAME}:[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}\Z")
+BOOL_RE = re.compile(r"^(?:true|false)\Z")
+SECRET_RE = re.compile(r"^[A-Za-z0-9+/=_-]{16,256}\Z")      # base64 / base64url, as `openssl rand -base64 32`
+LEVEL_RE = re.compile(r"^[0-2]\Z")
+STEP_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*\Z")
 
 
 def _m(rx: re.Pattern[str]) -> Callable[[str], bool]:

@@ -6,7 +6,9 @@ The Toolkit folder itself is flock()ed while an upgrade or rollback runs.
   ``journal.json`` where the upgrade is: plan, per-step status and phase (atomic rewrite)
   ``audit.log``   append-only JSON lines: time, bundle id, action, result (for change records)
 
-A journal that is not what :meth:`Journal.save` writes is refused with ToolkitError (exit 30).
+A journal that is not what :meth:`Journal.save` writes is refused with ToolkitError (exit 30). The folder is
+made 0700, the files 0600; a symbolic link planted as the folder, ``journal.json`` or ``audit.log`` is refused
+with ToolkitError (``O_NOFOLLOW``), and its target is never written.
 
     with ToolkitLock(toolkit):
         journal = Journal.load(toolkit) or Journal.new(toolkit, bundle_id, plan, "5.5.8")
@@ -15,14 +17,16 @@ A journal that is not what :meth:`Journal.save` writes is refused with ToolkitEr
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from manifests.atomic import atomic_write_bytes
+from manifests.atomic import SymlinkRefused, atomic_write_bytes
 from manifests.bundle import iso, utc_now
 from manifests.errors import ToolkitError
 from manifests.limits import LIMITS
@@ -37,6 +41,26 @@ STATUSES = ("pending", "running", "paused", "failed", "done")
 
 def state_dir(toolkit: Path) -> Path:
     return Path(toolkit) / STATE_DIR
+
+
+_LINK_HINT = "Something planted a link there: remove it (and find out who did), then run the command again."
+
+
+def ensure_state_dir(toolkit: Path) -> Path:
+    """``<toolkit>/.overleaf-airgap``, made 0700 when missing; ToolkitError when it is a link or not a folder."""
+    path = state_dir(toolkit)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ToolkitError(f"cannot make {path}: {exc.strerror}", "Check the Toolkit folder's permissions.") from None
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a folder"
+        raise ToolkitError(f"{path} is {kind}: the importer keeps its journal and audit log only in a real folder",
+                           _LINK_HINT)
+    return path
 
 
 def journal_problem(d: Any) -> str | None:
@@ -115,13 +139,27 @@ class Audit:
         self.bundle_id = bundle_id
 
     def record(self, action: str, result: str, **detail: Any) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_state_dir(self.path.parent.parent)
         line = json.dumps({"time": iso(utc_now()), "bundle": self.bundle_id, "action": action,
                            "result": result, **detail}, sort_keys=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+        try:
+            fd = os.open(self.path, flags, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP or os.path.islink(self.path):
+                raise ToolkitError(f"the audit log {self.path} is a symbolic link: refused, nothing written",
+                                   _LINK_HINT) from None
+            raise ToolkitError(f"cannot open the audit log {self.path}: {exc.strerror}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ToolkitError(f"the audit log {self.path} is not a regular file: refused, nothing written",
+                                   _LINK_HINT)
+            data = (line + "\n").encode("utf-8")
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @dataclass
@@ -157,6 +195,9 @@ class Journal:
         path = state_dir(toolkit) / "journal.json"
         hint = "Restore it from the audit log's record or move it away to start over."
         what = "the upgrade journal"
+        if os.path.islink(path.parent):
+            raise ToolkitError(f"{path.parent} is a symbolic link: the importer keeps its journal only in a real "
+                               "folder", _LINK_HINT)
         try:
             data = read_regular(path, LIMITS.journal, what, ToolkitError, hint=hint)
         except FileNotFoundError:
@@ -172,7 +213,13 @@ class Journal:
         d = {"schema": JOURNAL_SCHEMA, "bundle_id": self.bundle_id, "plan": self.plan,
              "start_version": self.start_version, "started": self.started, "steps": self.steps,
              "backups": self.backups, "finished": self.finished}
-        atomic_write_bytes(self.path, (json.dumps(d, indent=2, sort_keys=True) + "\n").encode())
+        ensure_state_dir(self.toolkit)
+        try:
+            atomic_write_bytes(self.path, (json.dumps(d, indent=2, sort_keys=True) + "\n").encode(), mode=0o600,
+                               keep=True)
+        except SymlinkRefused:
+            raise ToolkitError(f"the upgrade journal {self.path} is a symbolic link (or not a regular file): "
+                               "refused, nothing written", _LINK_HINT) from None
 
     # --- step bookkeeping -----------------------------------------------------------
     def status(self, step_id: str) -> str:

@@ -14,7 +14,7 @@ import re
 import subprocess
 from typing import Callable
 
-from manifests.errors import AirgapError, ToolkitError
+from manifests.errors import AirgapError, PreflightError, ToolkitError
 from manifests.toolkit_config import ToolkitConfig, read_toolkit
 from manifests.versions import AppVersion, MajorMinor
 
@@ -50,12 +50,17 @@ def compose_answers() -> str | None:
 
 
 def override_problems(cfg: ToolkitConfig) -> list[str]:
-    data = override_file(cfg)
+    """What the override file does that the upgrade cannot work with; a file Compose would refuse (or that
+    cannot be read safely) is one problem, said in words (:func:`importer.upgrade.base.parse_override`)."""
+    try:
+        data = override_file(cfg)
+    except PreflightError as err:
+        return [err.message]
     services = data.get("services") or {}
     out = []
     app = (services.get("sharelatex") or {}).get("image") if isinstance(services, dict) else None
     if app:
-        out.append(f"config/docker-compose.override.yml sets the sharelatex image to {app}: while it does, writing "
+        out.append(f"config/docker-compose.override.yml sets the sharelatex image to {app[:200]}: while it does, writing "
                    "config/version changes nothing. Remove that line (for a custom image name, set "
                    "OVERLEAF_IMAGE_NAME in config/overleaf.rc; the tag comes from config/version)")
     for svc, inside in (("mongo", "/data/db"), ("redis", "/data"), ("sharelatex", "/var/lib/"),

@@ -13,7 +13,7 @@ from manifests.toolkit_config import read_toolkit
 
 from importer.upgrade.backup import check_record, load_record, restore_backup
 from importer.upgrade.journal import Audit, Journal, ToolkitLock
-from importer.upgrade.toolkit import Toolkit, compose_project, service_container
+from importer.upgrade.toolkit import Toolkit, check_config_files, compose_project, service_container
 from importer.upgrade.base import Context, data_sources, default_backup_dir
 
 def current_sources(toolkit: Path) -> dict[str, Path]:
@@ -45,6 +45,7 @@ def choose_backup(toolkit: Path, journal: Journal | None, backup_dir: Path | Non
 
 def rollback(ctx: Context, wanted: str | None, backup_dir: Path | None, start: bool = True) -> dict:
     toolkit = ctx.toolkit
+    check_config_files(toolkit)
     with ToolkitLock(toolkit):
         journal = Journal.load(toolkit)
         audit = Audit(toolkit, journal.bundle_id if journal else None)

@@ -5,7 +5,10 @@ Commands run as the admin would run them (``bin/stop``, ``bin/up -d``,
 keep the file's other lines, comments and order, are written atomically, and keep a
 copy of the old file the way ``bin/upgrade`` does (``config/__old-version``,
 ``config/__old-variables.env.<timestamp>``). Every value written is checked against a
-strict grammar first (:mod:`importer.upgrade.grammar`).
+strict grammar first (:mod:`importer.upgrade.grammar`). A rewritten file, and its copy, keep the owner, group
+and mode of the original (a 0600 ``variables.env`` with its generated secret stays 0600); a config file that
+is a symbolic link (or a FIFO, a folder...) is refused with ToolkitError before anything is read or written
+(:func:`check_config_files`), so a link's target is never copied nor replaced.
 
 Ordinary commands (``bin/stop``, ``bin/up``) get a time limit (``OVERLEAF_AIRGAP_TOOLKIT_TIMEOUT``
 seconds, default 1800); long commands (migrations) run with :meth:`Toolkit.stream`: no time
@@ -13,6 +16,7 @@ limit, each output line shown as it comes. While ``config/version`` holds a retr
 (5.0.1, 5.0.2) the commands get ``OVERLEAF_SKIP_RETRACTION_CHECK``, as ``bin/upgrade`` does.
 
     tk = Toolkit(Path("/srv/overleaf-toolkit"), log=print)
+    check_config_files(Path("/srv/overleaf-toolkit"))   # ToolkitError for a symlinked config/variables.env
     tk.stop(); tk.write_version("5.5.8"); tk.up()
     tk.stream(["docker-compose", "exec", "-T", "sharelatex", "/bin/bash", "-c", "..."])
 """
@@ -20,15 +24,15 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from manifests.atomic import atomic_write_bytes
+from manifests.atomic import SymlinkRefused, atomic_write_bytes, existing_attrs
 from manifests.errors import ToolkitError
+from manifests.safeio import MiB, read_regular
 
 from importer.upgrade.grammar import check_config_value
 
@@ -36,6 +40,30 @@ CONTAINERS = ("sharelatex", "mongo", "redis", "git-bridge", "nginx")
 RETRACTED = ("5.0.1", "5.0.2")
 TIMEOUT_ENV = "OVERLEAF_AIRGAP_TOOLKIT_TIMEOUT"
 TEXMFVAR_LEGACY = "TEXMFVAR=/var/lib/sharelatex/tmp/texmf-var"
+CONFIG_FILES = ("version", "overleaf.rc", "variables.env")   # the config files the upgrade rewrites
+CONFIG_CAP = 4 * MiB
+NEW_FILE_MODE = {"variables.env": 0o600}                     # a variables.env we create holds secrets
+_LINK_HINT = ("Replace the link with the real file (cp --remove-destination \"$(readlink -f F)\" F), check its "
+              "owner and mode, then run the command again.")
+
+
+def config_attrs(config: Path, name: str) -> os.stat_result | None:
+    """``lstat`` of ``config/<name>`` (None: absent); ToolkitError when it is a symbolic link or not a regular file."""
+    path = Path(config) / name
+    try:
+        return existing_attrs(path)
+    except SymlinkRefused as exc:
+        raise ToolkitError(f"config/{name} ({path}) is {exc.strerror}: the upgrade rewrites it and will not write "
+                           "through a link nor copy its target", _LINK_HINT) from None
+    except OSError as exc:
+        raise ToolkitError(f"cannot inspect config/{name} ({path}): {exc.strerror}") from None
+
+
+def check_config_files(root: Path) -> None:
+    """ToolkitError (exit 30) when a config file the upgrade or rollback rewrites is a symbolic link or not a
+    regular file; called before any change."""
+    for name in CONFIG_FILES:
+        config_attrs(Path(root) / "config", name)
 
 
 def version_major(version: str) -> int:
@@ -104,7 +132,7 @@ class Toolkit:
         env.pop("OVERLEAF_SKIP_RETRACTION_CHECK", None)
         try:
             version = self.read_version()
-        except OSError:
+        except (OSError, ToolkitError):
             return env
         if version.split("-")[0] in RETRACTED:
             env["OVERLEAF_SKIP_RETRACTION_CHECK"] = version
@@ -171,16 +199,46 @@ class Toolkit:
         return self.run(["docker-compose", "exec", "-T", service, *argv], check=False)
 
     # --- config files ---------------------------------------------------------------
+    def read_config(self, name: str) -> tuple[str, os.stat_result | None]:
+        """The text of ``config/<name>`` ("" when absent) and its ``lstat``; ToolkitError for a symbolic link,
+        a FIFO or anything but a regular UTF-8 file of at most 4 MiB."""
+        st = config_attrs(self.config, name)
+        if st is None:
+            return "", None
+        path = self.config / name
+        try:
+            data = read_regular(path, CONFIG_CAP, f"config/{name}", ToolkitError, follow_symlinks=False,
+                                hint=_LINK_HINT)
+        except FileNotFoundError:
+            return "", None
+        try:
+            return data.decode("utf-8"), st
+        except UnicodeDecodeError as exc:
+            raise ToolkitError(f"config/{name} ({path}) is not UTF-8 text (byte {exc.start})") from None
+
+    def _write_config(self, name: str, data: bytes, like: os.stat_result | None) -> None:
+        """Atomically replace ``config/<name>``, keeping the owner, group and mode of ``like`` (the file read)."""
+        try:
+            atomic_write_bytes(self.config / name, data, mode=NEW_FILE_MODE.get(name, 0o644), like=like)
+        except OSError as exc:
+            raise ToolkitError(f"cannot write config/{name}: {exc.strerror or exc}",
+                               "Check the Toolkit's config/ folder (space, permissions).") from None
+
+    def _keep_copy(self, name: str, copy_name: str, text: str, like: os.stat_result | None) -> None:
+        """The old content as ``config/<copy_name>``, private like the original from its first byte (a link
+        planted under that name is replaced, never followed)."""
+        self._write_config(copy_name, text.encode("utf-8"), like)
+
     def read_version(self) -> str:
-        return (self.config / "version").read_text("utf-8").strip()
+        return self.read_config("version")[0].strip()
 
     def write_version(self, version: str) -> None:
         """As bin/upgrade does: keep the old one in config/__old-version, then write atomically."""
         check_config_value("version", version)
-        old = self.config / "version"
-        if old.exists() and old.read_text("utf-8").strip() != version:
-            atomic_write_bytes(self.config / "__old-version", old.read_bytes())
-        atomic_write_bytes(old, (version + "\n").encode())
+        text, st = self.read_config("version")
+        if st is not None and text.strip() != version:
+            self._keep_copy("version", "__old-version", text, st)
+        self._write_config("version", (version + "\n").encode(), st)
 
     def _edit(self, name: str, values: dict[str, str | None], *, keep_copy: bool) -> bool:
         """Set (or, with value None, remove) ``KEY=`` lines in a config file, all in one atomic write;
@@ -192,8 +250,7 @@ class Toolkit:
                 raise ToolkitError(f"refusing to add {key} to config/variables.env while config/version is "
                                    f"{self.read_version()}: below 5.0 every bin/ command refuses OVERLEAF_ variables",
                                    "It is added once the upgrade has moved to 5.x.")
-        path = self.config / name
-        text = path.read_text("utf-8") if path.exists() else ""
+        text, st = self.read_config(name)
         lines = text.splitlines()
         for key, value in values.items():
             pat = re.compile(rf"^\s*(?:export\s+)?{re.escape(key)}=")
@@ -213,9 +270,9 @@ class Toolkit:
         new_text = "\n".join(lines) + "\n"
         if new_text == (text if text.endswith("\n") else text + "\n"):
             return False
-        if keep_copy and path.exists():
-            shutil.copy2(path, self.config / f"__old-{name}.{_stamp()}")
-        atomic_write_bytes(path, new_text.encode())
+        if keep_copy and st is not None:
+            self._keep_copy(name, f"__old-{name}.{_stamp()}", text, st)
+        self._write_config(name, new_text.encode(), st)
         return True
 
     def set_rc(self, key: str, value: str | None, *, keep_copy: bool = False) -> bool:
@@ -233,16 +290,15 @@ class Toolkit:
         file first copied to ``config/__old-<name>.<timestamp>``. Idempotent."""
         changed = []
         for name in names:
-            path = self.config / name
-            if not path.exists():
+            text, st = self.read_config(name)
+            if st is None:
                 continue
-            text = path.read_text("utf-8")
             new = re.sub(r"SHARELATEX_", "OVERLEAF_", text)
             if name == "variables.env":
                 new = "".join(l for l in new.splitlines(keepends=True) if TEXMFVAR_LEGACY not in l)
             if new != text:
-                shutil.copy2(path, self.config / f"__old-{name}.{_stamp()}")
-                atomic_write_bytes(path, new.encode())
+                self._keep_copy(name, f"__old-{name}.{_stamp()}", text, st)
+                self._write_config(name, new.encode(), st)
                 changed.append(name)
         return changed
 
