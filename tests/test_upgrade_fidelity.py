@@ -17,7 +17,8 @@ from importer.upgrade.grammar import ConfigValueError, check_config_value
 from importer.upgrade.journal import Audit, Journal
 from importer.upgrade.toolkit import Toolkit as ImporterToolkit
 from importer.upgrade.toolkit import capabilities
-from importer.upgrade import (Context, UpgradeOptions, Upgrader, check_resume_plan, data_sources, describe,
+from importer.upgrade.steps import AppStep, MongoStep, StepBase
+from importer.upgrade import (Context, UpgradeOptions, check_resume_plan, data_sources, describe,
                               preflight, rc_needs_rename, validate_plan)
 from manifests.catalog import load_catalog
 from manifests.errors import AirgapError, ManifestFormatError, ToolkitError
@@ -171,8 +172,7 @@ def test_override_file_and_empty_data_paths_are_reported(tmp_path):
 def test_health_expects_the_app_image_of_config_version(tmp_path):
     tk = make_toolkit(tmp_path, "3.5.13", edition="pro", git_bridge=True, rc={"OVERLEAF_IMAGE_NAME": "reg.example/ol"})
     plan = plan_for("3.5.13", "3.5.13", edition="pro", mongo="4.4", redis="6.2")
-    up = Upgrader(ctx_for(tk), Journal.new(tk.root, "b", plan, "3.5.13"), Audit(tk.root, "b"))
-    stack = up.expected_stack()
+    stack = StepBase(ctx_for(tk), Journal.new(tk.root, "b", plan, "3.5.13"), Audit(tk.root, "b")).expected_stack()
     assert stack["sharelatex"] == "reg.example/ol:3.5.13"
     assert "git-bridge" not in stack  # item 15: the Toolkit forces git-bridge off below 4.0
 
@@ -182,7 +182,7 @@ def test_health_expects_the_app_image_of_config_version(tmp_path):
 def test_a_mongo_switch_adopts_the_split_form(tmp_path):
     tk = make_toolkit(tmp_path, "4.2.9", mongo="4.4", mongo_legacy=True)
     plan = plan_for("4.2.9", "5.0.7", mongo="4.4", redis="6.2")
-    up = Upgrader(ctx_for(tk), Journal.new(tk.root, "b", plan, "4.2.9"), Audit(tk.root, "b"))
+    up = MongoStep(ctx_for(tk), Journal.new(tk.root, "b", plan, "4.2.9"), Audit(tk.root, "b"))
     up.set_mongo_version(read_toolkit(tk.root), "5.0")
     rc = tk.rc()
     assert rc["MONGO_IMAGE"] == "mongo" and rc["MONGO_VERSION"] == "5.0"
@@ -190,7 +190,7 @@ def test_a_mongo_switch_adopts_the_split_form(tmp_path):
     old = make_old_toolkit(tmp_path / "o", "4.2.9", mongo="4.4", mongo_legacy=True)
     (old.root / "lib" / "shared-functions.sh").write_text(
         (old.root / "lib" / "shared-functions.sh").read_text().replace("MONGO_VERSION", "MONGO_TAG"))
-    up = Upgrader(ctx_for(old), Journal.new(old.root, "b", plan, "4.2.9"), Audit(old.root, "b"))
+    up = MongoStep(ctx_for(old), Journal.new(old.root, "b", plan, "4.2.9"), Audit(old.root, "b"))
     up.set_mongo_version(read_toolkit(old.root), "5.0")
     assert old.rc()["MONGO_IMAGE"] == "mongo:5.0" and "MONGO_VERSION" not in old.rc()
 
@@ -209,7 +209,7 @@ def test_nginx_is_pinned_to_the_planned_image(tmp_path):
                                                 .replace("nginx:1.30-alpine", "nginx:1.19-alpine"))
     plan = plan_for("5.5.8", "6.2.2", mongo="6.0", redis="7.4", tls_proxy=True)
     assert "nginx:1.30-alpine" in plan["images"]
-    up = Upgrader(ctx_for(tk), Journal.new(tk.root, "b", plan, "5.5.8"), Audit(tk.root, "b"))
+    up = AppStep(ctx_for(tk), Journal.new(tk.root, "b", plan, "5.5.8"), Audit(tk.root, "b"))
     up.pin_nginx("6.2.2")
     assert tk.rc()["NGINX_IMAGE"] == "nginx:1.30-alpine"
     assert "nginx:1.30-alpine" in tk.compose("config").stdout

@@ -18,8 +18,21 @@ from tests import test_docstrings as docs
 
 IMPORTER = Path(__file__).resolve().parents[1] / "importer"
 UPGRADE = IMPORTER / "upgrade"
-UPGRADE_MODULES = {p.stem if p.stem != "__init__" else "upgrade" for p in UPGRADE.rglob("*.py")}
-"""The upgrade package's modules by short name (``upgrade`` = the package's public face, ``importer/upgrade/__init__.py``)."""
+
+
+def _short(path: Path) -> str:
+    """A module's name below importer/upgrade (``runner``, ``steps.mongo``, ``steps`` = steps/__init__.py;
+    ``upgrade`` = the package's public face, ``importer/upgrade/__init__.py``)."""
+    parts = list(path.relative_to(UPGRADE).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts) or "upgrade"
+
+
+UPGRADE_MODULES = {_short(p) for p in UPGRADE.rglob("*.py")}
+"""The upgrade package's modules by short name."""
+STEP_KINDS = ("backup", "app", "mongo", "redis", "migration", "config")
+CLASS_LINES = 200
 
 
 def _plan(frm="3.5.10", to="6.2.2", **kw):
@@ -59,12 +72,15 @@ def test_a_plan_whose_images_do_not_match_its_steps_is_malformed():
 def _path(module: str) -> Path:
     if module == "upgrade":
         return UPGRADE / "__init__.py"
-    found = sorted(UPGRADE.rglob(f"{module}.py")) or [IMPORTER / f"{module}.py"]
-    return found[0]
+    if module in UPGRADE_MODULES:
+        path = UPGRADE.joinpath(*module.split("."))
+        return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    return IMPORTER / f"{module}.py"
 
 
 def _imports(module: str) -> set[str]:
-    """Short names of the importer modules that ``module`` imports (``importer.upgrade.runner`` -> ``runner``)."""
+    """Short names of the importer modules that ``module`` imports (``importer.upgrade.runner`` -> ``runner``,
+    ``importer.upgrade.steps.mongo`` -> ``steps.mongo``)."""
     tree = ast.parse(_path(module).read_text())
     out = set()
     for node in ast.walk(tree):
@@ -75,7 +91,7 @@ def _imports(module: str) -> set[str]:
             if parts == ["upgrade"]:
                 out.add("upgrade")
             elif parts[0] == "upgrade":
-                out.add(parts[-1])
+                out.add(".".join(parts[1:]))
             else:
                 out.add(parts[-1] if parts[0] != "images" else "images." + parts[-1])
     return out
@@ -110,6 +126,50 @@ def test_the_upgrade_modules_import_no_cli_and_form_no_circle():
     assert graph["preflight"] & {"runner", "rollback", "upgrade"} == set()
     assert graph["rollback"] & {"runner", "preflight", "upgrade"} == set()
     assert graph["runner"] & {"rollback", "upgrade"} == set()
+    # each step kind builds on the steps' shared base (and the upgrade's), never on another kind or the runner
+    kinds = {f"steps.{k}" for k in STEP_KINDS}
+    for kind in kinds:
+        assert graph[kind] & (kinds | {"runner", "preflight", "rollback", "upgrade", "steps"}) == set(), (kind, graph[kind])
+
+
+def test_the_runner_is_split_by_step_kind():
+    """One module a step kind under importer/upgrade/steps/, each with the class the runner dispatches to."""
+    from importer.upgrade.steps import STEP_RUNNERS, StepBase
+    from manifests.planner import STEP_KINDS as PLANNED
+    assert set(STEP_KINDS) == set(PLANNED) == set(STEP_RUNNERS)
+    for kind in STEP_KINDS:
+        assert (UPGRADE / "steps" / f"{kind}.py").is_file(), kind
+        runner = STEP_RUNNERS[kind]
+        assert issubclass(runner, StepBase) and runner.__module__ == f"importer.upgrade.steps.{kind}", runner
+        assert "run" in vars(runner), f"{runner.__name__} does not run its step"
+    # the container look-up is in one place: the shared base
+    defined = [p for p in UPGRADE.rglob("*.py")
+               for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.FunctionDef) and n.name == "container"]
+    assert defined == [UPGRADE / "steps" / "base.py"], defined
+
+
+def class_sizes(root: Path) -> dict[str, int]:
+    """Every class under ``root`` by ``path:Name``, with its length in lines (its decorators not counted)."""
+    out = {}
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                out[f"{path.relative_to(root.parent)}:{node.name}"] = node.end_lineno - node.lineno + 1
+    return out
+
+
+def test_no_importer_class_is_over_200_lines():
+    sizes = class_sizes(IMPORTER)
+    assert "importer/upgrade/runner.py:Upgrader" in sizes and "importer/upgrade/steps/mongo.py:MongoStep" in sizes
+    too_long = {name: n for name, n in sizes.items() if n > CLASS_LINES}
+    assert not too_long, f"classes over {CLASS_LINES} lines: split them by what they do: {too_long}"
+
+
+def test_class_sizes_counts_a_long_class(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "m.py").write_text("class Long:\n" + "    x = 1\n" * 250 + "\n\nclass Short:\n    pass\n")
+    assert class_sizes(pkg) == {"pkg/m.py:Long": 251, "pkg/m.py:Short": 2}
 
 
 def test_the_cli_module_only_parses_and_prints():
