@@ -4,14 +4,14 @@
 Run it as root (it starts its own engines and registry, never the machine's), from the
 repository root::
 
-    python3 -m bench.run [--size 0.5] [--runs 3] [--mem-size 0.25] [--profile]
+    python3 -m bench.run [--size 0.75] [--runs 3] [--mem-size 0.25] [--profile]
     python3 -m bench.run --render bench/results.json      # table and Markdown again, measuring nothing
 
 The images (bench/dataset.py) are the seven of ``overleaf-bundle plan --from 4.2.8 --to 6.2.2
 --mongo 5.0 --redis 6.2``: a shared app base, per-version layers, compressible and
 incompressible data, MongoDB and Redis as two-platform OCI indexes, pushed straight into a
 private registry through the Registry API. ``--size 1`` is about 2.06 GB of unique raw
-layer data; the default 0.5 (about 1 GB) takes about 12 minutes on 2 cores.
+layer data; the default 0.75 (about 1.5 GB) takes about 10 minutes on 2 cores.
 
 Engines: an online Engine 20.10 (classic store) that pulled the images from the registry
 (not timed), and two empty offline engines: Engine 20.10 (classic store) and Engine 26
@@ -684,6 +684,16 @@ def _ratio(runs: list[dict[str, Any]], num: Callable[[dict], Any], den: Callable
     return median(vals) if vals else None
 
 
+def startup_seconds(times: int = 7) -> float:
+    """Median wall time of ``overleaf-import verify --help``: interpreter start-up plus the CLI's imports."""
+    walls = []
+    for _ in range(times):
+        t = time.perf_counter()
+        subprocess.run([*IMPORT, "verify", "--help"], check=True, capture_output=True, cwd=ROOT, timeout=120)
+        walls.append(time.perf_counter() - t)
+    return median(walls)
+
+
 def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     online = {step: summarize_steps([r["online"][step] for r in runs]) for step in runs[0]["online"]}
     offline = {store: {step: summarize_steps([r["offline"][store].get(step, {"error": "missing"}) for r in runs])
@@ -719,7 +729,7 @@ def command_line(args: argparse.Namespace) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python3 -m bench.run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=float, default=0.5, help="scale of the synthetic path (1: about 2 GB raw)")
+    p.add_argument("--size", type=float, default=0.75, help="scale of the synthetic path (1: about 2 GB raw)")
     p.add_argument("--runs", type=int, default=3, help="timed runs; medians are reported (default 3)")
     p.add_argument("--mem-size", type=float, default=None,
                    help="second size for the peak-memory comparison (default: half of --size; 0: skip)")
@@ -791,6 +801,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = [bench.one_run(main_size, i + 1) for i in range(args.runs)]
             result["runs"] = runs
             result.update(summarize_runs(runs))
+            result["ratios"]["startup_seconds"] = startup_seconds()
             result["memory"] = {f"{args.size:g}": {
                 "scale": args.size, "unique_raw_bytes": main_size.path.unique_raw_bytes,
                 "build": result["online"]["build"].get("max_rss_bytes"),
