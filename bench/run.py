@@ -80,14 +80,14 @@ STORES = ("classic", "containerd")
 NO_ENGINE = "unix:///nonexistent/docker.sock"   # the build must not need one
 
 
-def _script(name: str, module: str) -> list[str]:
-    """The installed console script of this interpreter, else the same entry point with -m."""
-    script = Path(sys.executable).parent / name
-    return [str(script)] if script.exists() else [sys.executable, "-m", module]
+def _script(module: str) -> list[str]:
+    """The entry point of THIS checkout (``python -m``, with ROOT first on PYTHONPATH): an installed console
+    script may import another checkout's code (an editable install points at one folder)."""
+    return [sys.executable, "-m", module]
 
 
-BUNDLE = _script("overleaf-bundle", "bundler.cli")
-IMPORT = _script("overleaf-import", "importer.cli")
+BUNDLE = _script("bundler.cli")
+IMPORT = _script("importer.cli")
 
 
 def log(msg: str) -> None:
@@ -340,6 +340,7 @@ class Bench:
             "OVERLEAF_AIRGAP_STATE": str(work / "host-state.json"),     # never the machine's own state
             "OVERLEAF_AIRGAP_TRUST_DIR": str(work / "trust.d"),
             "OVERLEAF_AIRGAP_CATALOG_OVERLAY": str(work / "no-overlay.yaml"),
+            "PYTHONPATH": os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH", "")) if x),
         }
         self.key = work / "keys" / "bench.key"
         self.key.parent.mkdir(parents=True, exist_ok=True)
@@ -689,7 +690,8 @@ def startup_seconds(times: int = 7) -> float:
     walls = []
     for _ in range(times):
         t = time.perf_counter()
-        subprocess.run([*IMPORT, "verify", "--help"], check=True, capture_output=True, cwd=ROOT, timeout=120)
+        subprocess.run([*IMPORT, "verify", "--help"], check=True, capture_output=True, cwd=ROOT, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
         walls.append(time.perf_counter() - t)
     return median(walls)
 
