@@ -4,14 +4,14 @@
 Run it as root (it starts its own engines and registry, never the machine's), from the
 repository root::
 
-    python3 -m bench.run [--size 0.5] [--runs 3] [--mem-size 0.25] [--profile]
+    python3 -m bench.run [--size 0.75] [--runs 3] [--mem-size 0.25] [--profile]
     python3 -m bench.run --render bench/results.json      # table and Markdown again, measuring nothing
 
 The images (bench/dataset.py) are the seven of ``overleaf-bundle plan --from 4.2.8 --to 6.2.2
 --mongo 5.0 --redis 6.2``: a shared app base, per-version layers, compressible and
 incompressible data, MongoDB and Redis as two-platform OCI indexes, pushed straight into a
 private registry through the Registry API. ``--size 1`` is about 2.06 GB of unique raw
-layer data; the default 0.5 (about 1 GB) takes about 12 minutes on 2 cores.
+layer data; the default 0.75 (about 1.5 GB) takes about 10 minutes on 2 cores.
 
 Engines: an online Engine 20.10 (classic store) that pulled the images from the registry
 (not timed), and two empty offline engines: Engine 20.10 (classic store) and Engine 26
@@ -80,14 +80,14 @@ STORES = ("classic", "containerd")
 NO_ENGINE = "unix:///nonexistent/docker.sock"   # the build must not need one
 
 
-def _script(name: str, module: str) -> list[str]:
-    """The installed console script of this interpreter, else the same entry point with -m."""
-    script = Path(sys.executable).parent / name
-    return [str(script)] if script.exists() else [sys.executable, "-m", module]
+def _script(module: str) -> list[str]:
+    """The entry point of THIS checkout (``python -m``, with ROOT first on PYTHONPATH): an installed console
+    script may import another checkout's code (an editable install points at one folder)."""
+    return [sys.executable, "-m", module]
 
 
-BUNDLE = _script("overleaf-bundle", "bundler.cli")
-IMPORT = _script("overleaf-import", "importer.cli")
+BUNDLE = _script("bundler.cli")
+IMPORT = _script("importer.cli")
 
 
 def log(msg: str) -> None:
@@ -340,6 +340,7 @@ class Bench:
             "OVERLEAF_AIRGAP_STATE": str(work / "host-state.json"),     # never the machine's own state
             "OVERLEAF_AIRGAP_TRUST_DIR": str(work / "trust.d"),
             "OVERLEAF_AIRGAP_CATALOG_OVERLAY": str(work / "no-overlay.yaml"),
+            "PYTHONPATH": os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH", "")) if x),
         }
         self.key = work / "keys" / "bench.key"
         self.key.parent.mkdir(parents=True, exist_ok=True)
@@ -684,6 +685,17 @@ def _ratio(runs: list[dict[str, Any]], num: Callable[[dict], Any], den: Callable
     return median(vals) if vals else None
 
 
+def startup_seconds(times: int = 7) -> float:
+    """Median wall time of ``overleaf-import verify --help``: interpreter start-up plus the CLI's imports."""
+    walls = []
+    for _ in range(times):
+        t = time.perf_counter()
+        subprocess.run([*IMPORT, "verify", "--help"], check=True, capture_output=True, cwd=ROOT, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        walls.append(time.perf_counter() - t)
+    return median(walls)
+
+
 def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     online = {step: summarize_steps([r["online"][step] for r in runs]) for step in runs[0]["online"]}
     offline = {store: {step: summarize_steps([r["offline"][store].get(step, {"error": "missing"}) for r in runs])
@@ -719,7 +731,7 @@ def command_line(args: argparse.Namespace) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python3 -m bench.run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=float, default=0.5, help="scale of the synthetic path (1: about 2 GB raw)")
+    p.add_argument("--size", type=float, default=0.75, help="scale of the synthetic path (1: about 2 GB raw)")
     p.add_argument("--runs", type=int, default=3, help="timed runs; medians are reported (default 3)")
     p.add_argument("--mem-size", type=float, default=None,
                    help="second size for the peak-memory comparison (default: half of --size; 0: skip)")
@@ -791,6 +803,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = [bench.one_run(main_size, i + 1) for i in range(args.runs)]
             result["runs"] = runs
             result.update(summarize_runs(runs))
+            result["ratios"]["startup_seconds"] = startup_seconds()
             result["memory"] = {f"{args.size:g}": {
                 "scale": args.size, "unique_raw_bytes": main_size.path.unique_raw_bytes,
                 "build": result["online"]["build"].get("max_rss_bytes"),

@@ -19,8 +19,9 @@ import typer
 
 from manifests.console import CTX, emit_json, run, say, warn
 
-from importer.upgrade import PreflightError, UpgradeOptions, rollback_toolkit, upgrade_toolkit
-from importer.upgrade import status as do_status
+from manifests.errors import PreflightError
+
+# importer.upgrade (and the Docker SDK and YAML under it) is imported inside the commands: start-up time
 
 ToolkitOpt = typer.Option(..., "--toolkit", metavar="DIR", help="The Overleaf Toolkit folder (with bin/ and config/).")
 
@@ -64,6 +65,8 @@ def upgrade(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="T
                                                        help="Move the Toolkit checkout to the commit the bundle carries."),
             json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout.")) -> None:
     """Verify and load the bundle, then run its stepped upgrade on the Toolkit."""
+    from importer.upgrade import UpgradeOptions, upgrade_toolkit
+
     _verified, _load = _front_ends()
     CTX.json = CTX.json or json_out
     opts = UpgradeOptions(yes=yes, dry_run=dry_run, resume=resume, backup_dir=backup_dir,
@@ -177,6 +180,8 @@ def rollback(toolkit: Path = ToolkitOpt,
              no_start: bool = typer.Option(False, "--no-start", help="Leave services stopped after the restore."),
              json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout.")) -> None:
     """Stop services, restore a backup's data and config/ (checksums verified), start again."""
+    from importer.upgrade import rollback_toolkit
+
     CTX.json = CTX.json or json_out
 
     def go() -> None:
@@ -194,6 +199,8 @@ def rollback(toolkit: Path = ToolkitOpt,
 def status(toolkit: Path = ToolkitOpt,
            json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout.")) -> None:
     """Current version, where the upgrade stands, its journal and backups."""
+    from importer.upgrade import status as do_status
+
     CTX.json = CTX.json or json_out
 
     def go() -> None:

@@ -19,8 +19,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
-
 from .errors import CatalogError, PlanError
 from .versions import AppVersion, MajorMinor
 
@@ -190,6 +188,8 @@ def default_overlay_path() -> Path:
 
 def load_catalog(path: Path | None = None, overlay: Path | None | bool = None) -> Catalog:
     """Load and validate the catalog; ``overlay=False`` ignores the local overlay."""
+    import yaml  # here, not at the top: start-up time of the commands that need no YAML
+
     if path is None:
         text = resources.files("manifests").joinpath("catalog/releases.yaml").read_text("utf-8")
         where = "manifests/catalog/releases.yaml"
@@ -360,6 +360,8 @@ def parse_catalog(data: Any, where: str = "catalog") -> Catalog:
 
 # --- the local overlay (catalog refresh) -----------------------------------------------
 def load_overlay(path: Path) -> list[Release]:
+    import yaml  # here, not at the top: start-up time of the commands that need no YAML
+
     try:
         data = yaml.safe_load(Path(path).read_text("utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
@@ -389,6 +391,8 @@ def apply_overlay(cat: Catalog, extra: Iterable[Release]) -> Catalog:
 
 
 def write_overlay(path: Path, releases: Iterable[Release]) -> None:
+    import yaml  # here, not at the top: start-up time of the commands that need no YAML
+
     from .atomic import atomic_write_bytes
 
     data = {"schema": 1, "releases": [

@@ -55,7 +55,8 @@ def test_targets_use_medians_of_per_run_ratios_and_skip_failed_runs() -> None:
     by_id = {t["id"]: t for t in r["targets"]}
     assert by_id["build_vs_save"]["value"] == 0.5 and by_id["build_vs_save"]["met"] is True
     assert by_id["build_vs_skopeo"]["value"] == 1.0 and by_id["build_vs_skopeo"]["met"] is True
-    assert by_id["load_vs_docker_load_classic"]["value"] == 1.1 and by_id["load_vs_docker_load_classic"]["met"]
+    # 1.1 x misses the issue-17 goal of 1.05 x
+    assert by_id["load_vs_docker_load_classic"]["value"] == 1.1 and by_id["load_vs_docker_load_classic"]["met"] is False
     # the failed run 2 is left out: median of 1.1 and 1.2
     assert by_id["load_vs_docker_load_containerd"]["value"] == pytest.approx(1.15)
     assert r["offline"]["containerd"]["load"]["failed_runs"] == 1
@@ -64,6 +65,16 @@ def test_targets_use_medians_of_per_run_ratios_and_skip_failed_runs() -> None:
     assert by_id["rss_load_containerd"]["met"] is False                   # 200 MB at size 0.5
     assert by_id["rss_flat_load_containerd"]["met"] is False
     assert by_id["rss_flat_build"]["met"] is True
+    assert "startup" not in by_id                                          # not measured in this record
+
+
+def test_startup_target_is_judged_in_seconds() -> None:
+    r = _result()
+    r["ratios"]["startup_seconds"] = 0.21
+    by_id = {t["id"]: t for t in evaluate_targets(r)}
+    assert by_id["startup"]["met"] is False and by_id["startup"]["measured"] == "0.21 s"
+    r["ratios"]["startup_seconds"] = 0.12
+    assert {t["id"]: t for t in evaluate_targets(r)}["startup"]["met"] is True
 
 
 def test_a_step_that_failed_in_every_run_gives_na() -> None:

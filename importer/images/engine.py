@@ -25,11 +25,10 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-import docker
-import docker.errors
-import requests.exceptions
+if TYPE_CHECKING:
+    import docker
 
 from manifests.errors import DiskSpaceError, EngineError
 from manifests.imageref import split_ref
@@ -79,6 +78,9 @@ def down_error(exc: BaseException, doing: str = "reach") -> EngineError:
 @contextmanager
 def engine_errors(doing: str) -> Iterator[None]:
     """Turn docker-py / HTTP failures inside the block into an EngineError saying what was being done."""
+    import docker.errors  # here, not at the top: `--help` and `verify` need no Docker SDK (start-up time)
+    import requests.exceptions
+
     try:
         yield
     except docker.errors.APIError as exc:
@@ -91,6 +93,9 @@ def engine_errors(doing: str) -> Iterator[None]:
 
 def connect(timeout: int = CLIENT_TIMEOUT) -> docker.DockerClient:
     """A client for the engine DOCKER_HOST names (API version negotiated), or EngineError."""
+    import docker
+    import requests.exceptions
+
     try:
         client = docker.from_env(timeout=timeout)
         client.ping()
@@ -190,6 +195,8 @@ class HostImages:
 
     @classmethod
     def scan(cls, client: docker.DockerClient, store: str | None = None) -> "HostImages":
+        import docker.errors
+
         out = cls(store=store or engine_info(client).image_store)
         with engine_errors("list its images"):
             for summary in client.api.images(all=True):
@@ -211,6 +218,8 @@ class HostImages:
 
 def inspect(client: docker.DockerClient, ref: str) -> dict[str, Any] | None:
     """``docker image inspect ref``, or None when there is no such image."""
+    import docker.errors
+
     with engine_errors(f"inspect {ref}"):
         try:
             return client.api.inspect_image(ref)
