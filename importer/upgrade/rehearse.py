@@ -360,14 +360,14 @@ def sandbox_upgrade(plan: SandboxPlan, vb: VerifiedBundle, opts: RehearseOptions
 
 def final_health(plan: SandboxPlan, vb: VerifiedBundle, client: Any, opts: RehearseOptions,
                  say: Callable[[str], None]) -> float:
-    from importer.upgrade.runner import Upgrader
+    from importer.upgrade.steps.base import StepBase
     journal = Journal.load(plan.sandbox)
     if journal is None:
         raise ToolkitError("the sandbox's upgrade left no journal")
     ctx = Context(plan.sandbox, vb.manifest, UpgradeOptions(yes=True, health_timeout=opts.health_timeout), say,
                   lambda q: True, client)
     started = time.monotonic()
-    Upgrader(ctx, journal, Audit(plan.sandbox, vb.manifest.bundle_id)).health()
+    StepBase(ctx, journal, Audit(plan.sandbox, vb.manifest.bundle_id)).health()
     return time.monotonic() - started
 
 
