@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import getpass
 import os
-import sys
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from manifests.console import interactive
 from manifests.errors import KeyError_
 from manifests.signing import PASSPHRASE_ENV, load_private_key, write_keypair
 
@@ -36,13 +36,6 @@ def passphrase_from_env(passphrase_env: str | None) -> bytes | None:
     return value.encode("utf-8") if value is not None else None
 
 
-def _interactive() -> bool:
-    try:
-        return sys.stdin.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 def new_key_passphrase(passphrase_env: str | None, no_passphrase: bool) -> bytes | None:
     """The passphrase for ``keygen``: env, or typed twice; None only with --no-passphrase."""
     if no_passphrase:
@@ -53,7 +46,7 @@ def new_key_passphrase(passphrase_env: str | None, no_passphrase: bool) -> bytes
     passphrase = passphrase_from_env(passphrase_env)
     if passphrase:
         return passphrase
-    if not _interactive():
+    if not interactive(secret=True):
         raise KeyError_("no passphrase for the new key, and stdin is not a terminal to ask for one",
                         f"Pass --passphrase-env VAR (or set {PASSPHRASE_ENV}), or --no-passphrase for an "
                         "unencrypted key (keep it on an encrypted disk then).")
@@ -82,6 +75,6 @@ def load_signing_key(path: Path, passphrase_env: str | None = None) -> Ed25519Pr
         raise KeyError_(f"cannot read the signing key {path}: {exc.strerror}",
                         "Check the --key path (overleaf-bundle keygen makes one).") from exc
     passphrase = passphrase_from_env(passphrase_env) if encrypted else None
-    if encrypted and passphrase is None and _interactive():
+    if encrypted and passphrase is None and interactive(secret=True):
         passphrase = getpass.getpass(f"Passphrase for {path}: ").encode("utf-8")
     return load_private_key(path, passphrase)

@@ -37,14 +37,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Sequence
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
 from manifests.errors import UsageError, WheelError
 
 
 DIST = "overleaf-airgap"
 REQUIREMENTS = "requirements.txt"
-# name-version(-build)?-python-abi-platform.whl (PEP 427)
-WHEEL_NAME_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.]*)-(?P<version>[A-Za-z0-9_.!+]+)"
-                           r"(?:-(?P<build>\d[A-Za-z0-9_]*))?-(?P<tags>[A-Za-z0-9_.]+-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+)\.whl\Z")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _SKIP_META = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json", "RECORD.jws", "RECORD.p7s"}
 _MANYLINUX = re.compile(r"^manylinux_(\d+)_(\d+)_([a-z0-9_]+)\Z")
@@ -68,13 +68,28 @@ def project_root() -> Path:
 
 
 def runtime_requirements() -> list[str]:
-    """The distribution's requirements without extras (e.g. ``docker>=7.0``)."""
+    """The distribution's requirements without those of its extras (e.g. ``docker<8,>=7.0``).
+
+    Parsed with :mod:`packaging` (PEP 508): a requirement whose marker holds only for an extra
+    (``; extra == "test"``) is left out; other markers (Python version, platform) are kept for pip
+    to evaluate against the offline host's Python (``pip download --python-version``).
+    """
     try:
         reqs = metadata.requires(DIST) or []
     except metadata.PackageNotFoundError as exc:
         raise UsageError(f"{DIST} is not installed, so its dependencies are unknown",
                          "Install it (pip install -e .) or pass --no-importer.") from exc
-    return [r for r in reqs if "extra ==" not in r.replace("extra==", "extra ==")]
+    out = []
+    for text in reqs:
+        try:
+            req = Requirement(text)
+        except InvalidRequirement as exc:
+            raise WheelError(f"the installed {DIST} declares an unreadable requirement {text!r}: {exc}",
+                             "Reinstall it (pip install -e .).") from exc
+        if req.marker is not None and "extra" in str(req.marker):
+            continue
+        out.append(str(req))
+    return out
 
 
 def expand_platforms(platforms: Sequence[str]) -> list[str]:
@@ -206,8 +221,10 @@ def wheel_from_installed(name: str, out: Path, *, check_record: bool = True) -> 
     wheel_meta = next(d for n, d, _ in entries if n == f"{info}/WHEEL").decode("utf-8", "replace")
     stem = info[: -len(".dist-info")]
     wheel_name = f"{stem}-{_wheel_tag(wheel_meta)}.whl"
-    if not WHEEL_NAME_RE.match(wheel_name):
-        raise WheelError(f"cannot make a wheel name for the installed {name} ({wheel_name})")
+    try:
+        parse_wheel_filename(wheel_name)
+    except InvalidWheelFilename as exc:
+        raise WheelError(f"cannot make a wheel name for the installed {name} ({wheel_name})") from exc
     entries.sort(key=lambda e: (e[0].startswith(info + "/"), e[0]))
     record = io.StringIO()
     writer = csv.writer(record, lineterminator="\n")
@@ -228,11 +245,12 @@ def wheel_from_installed(name: str, out: Path, *, check_record: bool = True) -> 
 
 
 def parse_wheel_name(filename: str) -> tuple[str, str]:
-    """(normalised project name, version) of a wheel file name, e.g. ('pyyaml', '6.0.3')."""
-    m = WHEEL_NAME_RE.match(filename)
-    if not m:
-        raise WheelError(f"{filename} is not a wheel file name (name-version-python-abi-platform.whl)")
-    return re.sub(r"[-_.]+", "-", m.group("name")).lower(), m.group("version")
+    """(normalised project name, version) of a wheel file name, e.g. ('pyyaml', '6.0.3') (PEP 427, by packaging)."""
+    try:
+        name, version, _build, _tags = parse_wheel_filename(filename)
+    except InvalidWheelFilename as exc:
+        raise WheelError(f"{filename} is not a wheel file name (name-version-python-abi-platform.whl)") from exc
+    return str(name), str(version)
 
 
 def requirements_text(wheels: Sequence[Path]) -> str:

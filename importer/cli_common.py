@@ -11,15 +11,12 @@ next disc; the work itself is :func:`importer.images.verify.verify_bundle` and
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import List, Optional
 
-import click
-
 from manifests.bundle import BundleManifest, utc_now
-from manifests.console import CTX, progress, safe, say, warn
+from manifests.console import interactive, progress, safe, say, warn
 from manifests.errors import UsageError
 from manifests.units import human_size
 
@@ -28,13 +25,11 @@ from importer.images.hoststate import HostState, load_trusted
 from importer.images.verify import BundleFolders, VerifiedBundle, describe_missing, verify_bundle
 
 
-def _interactive() -> bool:
-    return sys.stdin.isatty() and sys.stderr.isatty() and not CTX.json
-
-
 def _ask(missing: list[str]) -> Path | None:
     say(f"Missing: {safe(describe_missing(missing))}.")
-    answer = click.prompt("Insert the next disc and type the folder that holds these parts (empty: stop)",
+    import typer
+
+    answer = typer.prompt("Insert the next disc and type the folder that holds these parts (empty: stop)",
                           default="", show_default=False, err=True).strip()
     return Path(answer).expanduser() if answer else None
 
@@ -50,7 +45,7 @@ def verified(bundle_dir: Path, trust: Optional[List[Path]], parts_from: Optional
     for folder in parts_from or []:
         if not folder.is_dir():
             raise UsageError(f"--parts-from {safe(folder)}: no such folder", "Check the path (is the disc mounted?).")
-    folders = BundleFolders(bundle_dir, parts_from or [], ask=_ask if _interactive() else None)
+    folders = BundleFolders(bundle_dir, parts_from or [], ask=_ask if interactive() else None)
     bar = None
 
     def on_manifest(m: BundleManifest, warnings: list[str]) -> None:

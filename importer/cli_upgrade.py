@@ -10,14 +10,12 @@ the options, asks the admin's questions and prints.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
-import click
 import typer
 
-from manifests.console import CTX, emit_json, run, say, warn
+from manifests.console import CTX, emit_json, interactive, run, say, warn
 
 from manifests.errors import PreflightError
 
@@ -38,14 +36,10 @@ def _front_ends() -> tuple[Callable[..., Any], Callable[..., Any]]:
     return _SHARED["verified"], _SHARED["load"]
 
 
-def _interactive() -> bool:
-    return sys.stdin.isatty() and sys.stderr.isatty() and not CTX.json
-
-
 def _ask(question: str) -> bool:
-    if not _interactive():
+    if not interactive():
         return False
-    return click.confirm(question, default=False, err=True)
+    return typer.confirm(question, default=False, err=True)
 
 
 def upgrade(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="The bundle folder (with manifest.json)."),

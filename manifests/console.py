@@ -87,6 +87,26 @@ def warn(msg: str) -> None:
     print(f"warning: {safe_lines(msg)}", file=sys.stderr, flush=True)
 
 
+def interactive(*, secret: bool = False) -> bool:
+    """Whether a question may be asked: stdin is a terminal (and, unless for a ``secret`` read through
+    getpass, stderr is one too and --json does not own the output)."""
+    try:
+        if not sys.stdin.isatty():
+            return False
+        return secret or (sys.stderr.isatty() and not CTX.json)
+    except (AttributeError, ValueError):   # closed or replaced streams
+        return False
+
+
+def _is_prompt_abort(err: BaseException) -> bool:
+    """Ctrl-C (or end of input) at a ``typer.prompt``/``typer.confirm`` question: typer raises its Abort."""
+    typer = sys.modules.get("typer")
+    return typer is not None and isinstance(err, typer.Abort)
+
+
+_INTERRUPTED = ("interrupted", "Run the same command again to continue (an upgrade: add --resume).")
+
+
 def run(fn: Callable[[], Any]) -> Any:
     """Call ``fn``; turn every failure into its message, hint and exit code (see :mod:`manifests.errors`)."""
     try:
@@ -94,10 +114,12 @@ def run(fn: Callable[[], Any]) -> Any:
     except AirgapError as err:
         _fail(err, err)
     except KeyboardInterrupt as err:
-        _fail(Interrupted("interrupted", "Run the same command again to continue (an upgrade: add --resume)."), err)
+        _fail(Interrupted(*_INTERRUPTED), err)
     except OSError as err:
         _fail(_os_error(err), err)
     except Exception as err:  # noqa: BLE001 - last resort: never a bare traceback
+        if _is_prompt_abort(err):
+            _fail(Interrupted(*_INTERRUPTED), err)
         _fail(AirgapError(f"unexpected error: {type(err).__name__}: {safe(err)}",
                           "Run again with --verbose and report the output."), err)
 

@@ -124,7 +124,7 @@ def test_part_sizes_and_minimum():
     assert check_part_size(MIN_PART_SIZE) == MIN_PART_SIZE
     with pytest.raises(UsageError, match="minimum"):
         check_part_size(MIN_PART_SIZE - 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'lots' is not a size"):
         parse_size("lots")
     assert parse_duration("30d").days == 30 and parse_duration("12h").total_seconds() == 43200
     for bad in ("0d", "30", "d", "-1d", "3y", "99999999999d"):

@@ -21,7 +21,7 @@ import pytest
 import zstandard
 
 from bundler import local_export
-from bundler.local_export import LocalExportError, LocalImageMissingError, export_local
+from bundler.local_export import LocalImageMissingError, export_local
 from bundler.recompress import (ReencodeError, blob_path, oci_manifest, recompress_image, stored_zstd,
                                 write_plain_blob, write_zstd_blob, zstd_path)
 from manifests.bundle import (DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, OCI_CONFIG, OCI_LAYER_TAR,
@@ -220,10 +220,14 @@ def test_write_zstd_blob_is_atomic_and_reused(tmp_path):
 
 
 def test_oci_manifest_is_canonical():
-    a = oci_manifest("sha256:" + "1" * 64, 10, [("sha256:" + "2" * 64, 20)])
-    assert a == oci_manifest("sha256:" + "1" * 64, 10, [("sha256:" + "2" * 64, 20)])
-    assert json.loads(a)["layers"] == [{"mediaType": OCI_LAYER_TAR, "digest": "sha256:" + "2" * 64, "size": 20}]
-    with pytest.raises(ValueError):
+    a = oci_manifest("sha256:" + "1" * 64, 10, iter([("sha256:" + "2" * 64, 20)]))
+    doc = json.loads(a)
+    # canonical: sorted keys, no whitespace, ASCII: the bytes are the re-serialised document's
+    assert a == json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    assert a.startswith(b'{"config":{"digest":"sha256:1111') and b" " not in a
+    assert doc["layers"] == [{"mediaType": OCI_LAYER_TAR, "digest": "sha256:" + "2" * 64, "size": 20}]
+    assert doc["schemaVersion"] == 2 and doc["config"]["size"] == 10
+    with pytest.raises(ValueError, match="not a sha256 digest"):
         oci_manifest("sha256:xyz", 1, [])
 
 

@@ -31,12 +31,8 @@ from bundler.wheels import parse_wheel_name, wheel_from_installed, write_require
 from manifests.bundle import MANIFEST_NAME, README_NAME, SIGNATURE_NAME, canonical_json
 from manifests.signing import public_pem
 
-try:
-    from packaging.markers import default_environment
-    from packaging.requirements import Requirement
-except ImportError:  # pragma: no cover
-    from pip._vendor.packaging.markers import default_environment  # type: ignore
-    from pip._vendor.packaging.requirements import Requirement  # type: ignore
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
 
 from importlib import metadata
 

@@ -14,6 +14,7 @@ Compose v2; the other tests use the classic host.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,12 +24,13 @@ import sys
 import time
 from pathlib import Path
 
+import docker.errors
 import pytest
 
 from importer.images.load import pinned_ids
 from importer.upgrade.journal import ToolkitLock
 from tests.support.overleaf_images import seed_overleaf_path
-from tests.support.real_bundles import RealBundle, build_upgrade_bundle, make_release_key
+from tests.support.real_bundles import RealBundle, build_upgrade_bundle, clear_stale_tags, make_release_key
 from tests.support.toolkit import make_toolkit, remove_toolkit_containers, toolkit_checksums
 from tests.support.engine import classic_compose
 
@@ -42,10 +44,8 @@ def _forget(engine, refs) -> None:
     for c in client.containers.list(all=True):
         c.remove(force=True, v=True)
     for ref in refs:
-        try:
+        with contextlib.suppress(docker.errors.ImageNotFound):   # not there: nothing to forget
             client.images.remove(ref, force=True)
-        except Exception:  # noqa: BLE001 - not there
-            pass
 
 
 @pytest.fixture(scope="session")
@@ -89,17 +89,6 @@ def importer(env, *args, timeout=900):
 def start_importer(env, *args):
     return subprocess.Popen([sys.executable, "-m", "importer.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, stdin=subprocess.DEVNULL)
-
-
-def clear_stale_tags(engine, bundle: RealBundle) -> None:
-    """Untag the bundle's references that name other images here (left by other tests' stand-ins)."""
-    client = engine.client()
-    for ref, want in pinned_ids(bundle.manifest, engine.store).items():
-        try:
-            if client.images.get(ref).id != want:
-                client.images.remove(ref, noprune=True)
-        except Exception:  # noqa: BLE001 - not there
-            pass
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from manifests.console import safe
 from manifests.errors import DeclinedError, ToolkitError
 from manifests.toolkit_config import read_toolkit
 
@@ -63,8 +64,9 @@ def rollback(ctx: Context, wanted: str | None, backup_dir: Path | None, start: b
                     c = service_container(ctx.client, project, name)
                     if c is not None:
                         c.stop(timeout=30)
-                except Exception:  # noqa: BLE001 - the engine may refuse; bin/stop was tried first
-                    pass
+                except Exception as err:  # noqa: BLE001 - the engine may refuse; bin/stop was tried first
+                    ctx.say(f"    could not stop the {name} container ({type(err).__name__}: {safe(err)}); "
+                            "the restore goes on")
         restore_backup(rec)
         for item in rec.not_covered:
             ctx.say(f"    not restored (not in the backup): {item}")

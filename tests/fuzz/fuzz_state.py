@@ -20,5 +20,5 @@ SEEDS = [
 def target(data: bytes) -> None:
     _PATH.write_bytes(data)
     state = HostState.load(_PATH)
-    state.accepted
+    _ = state.accepted
     state.get("overleaf-ce", "ed25519:k")
