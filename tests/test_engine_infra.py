@@ -277,23 +277,32 @@ def _machine_has_compose_v1() -> bool:
     return int(Path("/etc/debian_version").read_text().split(".")[0]) <= 12
 
 
+# What this machine's Debian gives decides which behaviour is tested, and the test id says which
+# (``[v1-fallback]`` on Debian 12, ``[v1-refused]`` on Debian 13), so a report never hides the other.
+COMPOSE_V1_CASE = "v1-fallback" if _machine_has_compose_v1() else "v1-refused"
+
+
 @pytest.mark.engine
-def test_compose_v1_env_makes_the_cli_fall_back(offline_engine: PrivateEngine) -> None:
-    if not _machine_has_compose_v1():  # Debian 13: asking for v1 is a clear error, not a silent v2
+@pytest.mark.parametrize("case", [COMPOSE_V1_CASE])
+def test_compose_v1_env_falls_back_where_debian_has_it_else_is_refused_clearly(offline_engine: PrivateEngine,
+                                                                                case: str) -> None:
+    if case == "v1-refused":   # Debian 13: asking for v1 is a clear error, never a silent v2
         assert find_compose_v1() is None
         with pytest.raises(ComposeUnavailable, match="Compose v1"):
             offline_engine.compose_env("v1")
-        return
-    env = offline_engine.compose_env("v1")
-    assert not Path(env["DOCKER_CONFIG"], "cli-plugins", "docker-compose").exists()
-    assert _docker(env, "compose", "version").returncode != 0  # so the Toolkit uses docker-compose
-    v1 = subprocess.run(["docker-compose", "version", "--short"], env=env, capture_output=True, text=True, timeout=120)
-    assert v1.returncode == 0 and v1.stdout.startswith("1."), v1.stderr
-    ps = subprocess.run(["docker-compose", "-p", "oa-infra", "-f", "/dev/null", "ps"], env=env,
-                        capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert "Cannot connect" not in ps.stderr  # v1 reaches the engine through DOCKER_HOST
-    with_v2 = offline_engine.compose_env("v2")
-    assert _docker(with_v2, "compose", "version").returncode == 0  # the classic engine can have v2 as well
+    else:
+        assert find_compose_v1() is not None
+        env = offline_engine.compose_env("v1")
+        assert not Path(env["DOCKER_CONFIG"], "cli-plugins", "docker-compose").exists()
+        assert _docker(env, "compose", "version").returncode != 0  # so the Toolkit uses docker-compose
+        v1 = subprocess.run(["docker-compose", "version", "--short"], env=env, capture_output=True, text=True,
+                            timeout=120)
+        assert v1.returncode == 0 and v1.stdout.startswith("1."), v1.stderr
+        ps = subprocess.run(["docker-compose", "-p", "oa-infra", "-f", "/dev/null", "ps"], env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert "Cannot connect" not in ps.stderr  # v1 reaches the engine through DOCKER_HOST
+    with_v2 = offline_engine.compose_env("v2")   # on both: the classic engine has Compose v2 as well
+    assert _docker(with_v2, "compose", "version").returncode == 0
 
 
 def _containerd_namespaces(engine: PrivateEngine) -> set[str]:

@@ -263,3 +263,85 @@ def test_an_existing_sandbox_or_too_little_disk_is_refused_before_anything_chang
     assert not list(tk.root.parent.glob("toolkit.rehearsal-*"))
     assert not (tk.root / ".overleaf-airgap").exists()
     (tk.data() / "huge.bin").unlink()
+
+
+# --- the real upgrade command's own exit codes (5: not confirmed, 130: Ctrl-C at its question, 33: a step failed)
+def upgrade_args(bundle: RealBundle, tk, *extra: str) -> list[str]:
+    return ["upgrade", str(bundle.path), "--toolkit", os.fspath(tk), "--trust", str(bundle.pub),
+            "--generate-secrets", "--health-timeout", "90", *extra]
+
+
+def test_an_unconfirmed_upgrade_off_a_terminal_exits_5_and_changes_nothing(host, rehearsal_bundle):
+    """No --yes and no terminal to ask on: the upgrade question is answered no, the site is left as it was."""
+    tk, env = host
+    before, images = site_snapshot(tk), running(env)
+    commands_before = tk.data("mongo").joinpath("commands.log").read_text()
+    out = importer(env, "--json", *upgrade_args(rehearsal_bundle, tk))
+    assert out.returncode == 5, out.stdout + out.stderr
+    err = json.loads(out.stdout)
+    assert err["exit_code"] == 5 and "not confirmed" in err["error"] and "--yes" in err["hint"]
+    check_real_site_unchanged(tk, env, before, images, commands_before)
+
+
+def _run_on_a_terminal(env, args: list[str], answer_at: bytes, keys: bytes, timeout: float = 600) -> tuple[int, str]:
+    """Run ``overleaf-import ARGS`` on a pseudo-terminal; type ``keys`` once ``answer_at`` is shown.
+    Returns (exit code, everything the terminal showed)."""
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:   # the child: the importer, with the terminal as stdin, stdout and stderr
+        os.execve(sys.executable, [sys.executable, "-m", "importer.cli", *args], env)
+    shown, typed, deadline = b"", False, time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:   # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+            if not typed and answer_at in shown:
+                os.write(fd, keys)
+                typed = True
+    finally:
+        if time.monotonic() >= deadline:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert typed, f"the question never came: {shown.decode(errors='replace')}"
+    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")
+
+
+def test_ctrl_c_at_the_upgrade_question_exits_130_and_changes_nothing(host, rehearsal_bundle):
+    """On a terminal the upgrade asks before it changes anything; Ctrl-C there is an interruption (130)."""
+    tk, env = host
+    before, images = site_snapshot(tk), running(env)
+    commands_before = tk.data("mongo").joinpath("commands.log").read_text()
+    code, shown = _run_on_a_terminal(env, upgrade_args(rehearsal_bundle, tk), b"[y/N]", b"\x03")
+    assert code == 130, shown
+    assert "interrupted" in shown and "unexpected error" not in shown and "Traceback" not in shown
+    check_real_site_unchanged(tk, env, before, images, commands_before)
+
+
+def test_a_failing_migration_in_the_real_upgrade_exits_33_naming_the_step(host, rehearsal_bundle):
+    """The real upgrade (not a rehearsal): the binary files migration pauses for its check (40), then on
+    --resume the stand-in's backfill fails: exit 33 names the step, the journal marks it failed."""
+    tk, env = host
+    (tk.data() / "FAIL_MIGRATION").write_text("back_fill_file_hash\n")
+    first = importer(env, "--json", *upgrade_args(rehearsal_bundle, tk, "--yes"))
+    assert first.returncode == 40, first.stdout + first.stderr
+    out = importer(env, "--json", *upgrade_args(rehearsal_bundle, tk, "--yes", "--resume"))
+    assert out.returncode == 33, out.stdout + out.stderr
+    err = json.loads(out.stdout)
+    assert err["exit_code"] == 33 and err["step"] == "02-migration-binary_files_migration"
+    assert err["error"].startswith("step 02-migration-binary_files_migration: binary_files_migration failed")
+    journal = json.loads((tk.root / ".overleaf-airgap" / "journal.json").read_text())
+    assert journal["steps"]["01-backup-point"]["status"] == "done"
+    assert journal["steps"]["02-migration-binary_files_migration"]["status"] == "failed"
+    assert tk.data("mongo").joinpath("commands.log").read_text().count("setFeatureCompatibilityVersion") == 0

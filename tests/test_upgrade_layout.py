@@ -14,7 +14,6 @@ from importer.upgrade.journal import Journal
 from manifests.catalog import load_catalog
 from manifests.errors import ManifestFormatError
 from manifests.planner import PlanRequest, make_plan
-from tests import test_docstrings as docs
 
 IMPORTER = Path(__file__).resolve().parents[1] / "importer"
 UPGRADE = IMPORTER / "upgrade"
@@ -180,7 +179,3 @@ def test_the_cli_module_only_parses_and_prints():
         assert orchestration not in text, orchestration
 
 
-@pytest.mark.parametrize("name", sorted(docs.UPGRADE_AREA | {"importer.upgrade.toolkit_code"}))
-def test_upgrade_module_docstrings_show_calls_that_exist(name):
-    """The upgrade area's modules, under the check tests/test_docstrings.py runs for the others."""
-    docs.test_module_docstring_has_an_example_whose_calls_exist(name)

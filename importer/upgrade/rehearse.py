@@ -452,6 +452,7 @@ def rehearse(toolkit: Path, opts: RehearseOptions, *, upgrade: Callable[..., Any
             where = f"step {failed}" if failed and phase == "the upgrade in the sandbox" else phase
             reason = getattr(exc, "message", None) or (
                 "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}")
+            reason = reason.removeprefix(f"{where}: ")   # the runner names the step already
             record.error = f"{where}: {reason}"
             record.finished = record.finished or _now()
             cleanup = _finish(plan, client, opts, made, say)

@@ -10,12 +10,13 @@ harmless.
 """
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Callable
 
 from manifests.bundle import iso, utc_now
-from manifests.errors import DeclinedError, PausedForCheck, PreflightError
+from manifests.errors import DeclinedError, PausedForCheck, PreflightError, StepFailed
 from manifests.toolkit_config import ToolkitConfig, read_toolkit
 
 from importer.upgrade.base import Context, plan_steps
@@ -50,6 +51,12 @@ class Upgrader:
                 self.j.set_status(sid, "paused")
                 self.audit.record(f"step {sid}", "paused for a manual check")
                 raise
+            except StepFailed as exc:   # said with the step's id, the journal's name for it (--json: "step")
+                self.j.set_status(sid, "failed", note=exc.message)
+                self.audit.record(f"step {sid}", "failed", error=exc.message)
+                named = copy.copy(exc)
+                named.message, named.details = f"step {sid}: {exc.message}", {**exc.details, "step": sid}
+                raise named from exc
             except BaseException as exc:
                 msg = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
                 self.j.set_status(sid, "failed", note=msg)
