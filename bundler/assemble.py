@@ -174,10 +174,6 @@ def _move_in(stage: Path, out: Path) -> None:
     fsync_dir(out)
 
 
-def looks_like_bundle(path: Path) -> bool:
-    return (Path(path) / MANIFEST_NAME).exists()
-
-
 def fs_type(path: Path) -> str | None:
     """The file system type of the mount holding ``path`` (from /proc/self/mounts), or None."""
     try:

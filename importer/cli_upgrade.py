@@ -24,16 +24,11 @@ from manifests.errors import PreflightError
 ToolkitOpt = typer.Option(..., "--toolkit", metavar="DIR", help="The Overleaf Toolkit folder (with bin/ and config/).")
 
 
-_SHARED: dict[str, Callable[..., Any]] = {}
-
-
 def _front_ends() -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """The verify and load front ends shared with ``overleaf-import load`` (given to :func:`register`)."""
-    if "verified" not in _SHARED or "load" not in _SHARED:
-        from importer.cli_common import load_verified, verified
-        _SHARED.setdefault("verified", verified)
-        _SHARED.setdefault("load", load_verified)
-    return _SHARED["verified"], _SHARED["load"]
+    """The verify and load front ends shared with ``overleaf-import load`` (imported when a command runs)."""
+    from importer.cli_common import load_verified, verified
+
+    return verified, load_verified
 
 
 def _ask(question: str) -> bool:
@@ -218,12 +213,8 @@ def status(toolkit: Path = ToolkitOpt,
     run(go)
 
 
-def register(app: typer.Typer, *, verified: Callable[..., Any] | None = None,
-             load: Callable[..., Any] | None = None) -> None:
-    """Add ``upgrade``, ``rehearse``, ``rollback`` and ``status`` to ``app``. ``verified``/``load``: the verify and load
-    front ends the upgrade shares with ``overleaf-import load`` (default: importer.cli's, looked up when the
-    command runs)."""
-    _SHARED.update({k: v for k, v in (("verified", verified), ("load", load)) if v is not None})
+def register(app: typer.Typer) -> None:
+    """Add ``upgrade``, ``rehearse``, ``rollback`` and ``status`` to ``app``."""
     app.command()(upgrade)
     app.command()(rehearse)
     app.command()(rollback)

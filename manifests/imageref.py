@@ -97,8 +97,3 @@ def canonical(ref: str) -> str:
     """The short canonical name: ``docker.io/library/mongo:8.0`` -> ``mongo:8.0``."""
     return normalize(ref).short
 
-
-def same_repository(a: str, b: str) -> bool:
-    """True when two repository names (no tags) name the same repository."""
-    na, nb = normalize(a + ":x"), normalize(b + ":x")
-    return (na.domain, na.path) == (nb.domain, nb.path)

@@ -26,7 +26,7 @@ from typing import Any
 from manifests.bundle import BundleManifest, canonical_json
 from manifests.catalog import Catalog, catalog_with_overlay, load_catalog
 from manifests.errors import CatalogError, PlanError, PlanMismatchError
-from manifests.planner import PlanRequest, UpgradePlan, make_plan
+from manifests.planner import PlanRequest, make_plan
 
 TEXLIVE_SUFFIX = "-with-texlive-full"
 
@@ -172,10 +172,4 @@ def check_plan(manifest: BundleManifest, catalog: Catalog | None = None) -> None
     raise PlanMismatchError(
         f"the bundle's signed plan {manifest.from_version} -> {manifest.to_version} is not the plan this "
         f"importer makes from its own catalog: {_first_difference(first, plan)}", hint)
-
-
-def plan_for(manifest: BundleManifest, catalog: Catalog | None = None) -> UpgradePlan:
-    """The checked plan as a value (after :func:`check_plan` passed)."""
-    check_plan(manifest, catalog)
-    return UpgradePlan.from_dict(manifest.plan)
 

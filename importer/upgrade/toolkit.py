@@ -191,10 +191,6 @@ class Toolkit:
         """Start some services only (``bin/docker-compose up -d SERVICE``), e.g. MongoDB alone."""
         self.run(["docker-compose", "up", "-d", *services])
 
-    def exec(self, service: str, command: str, *, timeout: float | None = None) -> Result:
-        return self.run(["docker-compose", "exec", "-T", service, "/bin/bash", "-c", command],
-                        check=False, timeout=timeout)
-
     def exec_argv(self, service: str, argv: Sequence[str]) -> Result:
         return self.run(["docker-compose", "exec", "-T", service, *argv], check=False)
 
