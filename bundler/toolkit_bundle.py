@@ -9,12 +9,12 @@ Toolkit. Uncommitted changes are not carried: a warning says so.
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from manifests.errors import ToolkitError
+from manifests.gitrun import git
 
 BUNDLE_NAME = "toolkit.gitbundle"
 
@@ -28,24 +28,17 @@ class ToolkitInfo:
 
 
 def _git(path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    if shutil.which("git") is None:
-        raise ToolkitError("git is not installed, so the Toolkit cannot be bundled",
-                           "Install git, or leave out --toolkit.")
-    proc = subprocess.run(["git", "-c", f"safe.directory={path}", "-C", str(path), *args],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise ToolkitError(f"git {' '.join(args)} failed in {path}: {proc.stderr.strip()[:300]}",
-                           "Pass --toolkit a git checkout of github.com/overleaf/toolkit.")
-    return proc
+    return git(path, *args, check=check, hint="Install git and pass --carry-toolkit a git checkout of "
+                                               "github.com/overleaf/toolkit, or leave out --carry-toolkit.")
 
 
 def check_toolkit(path: Path) -> ToolkitInfo:
     path = Path(path).expanduser().resolve()
     if not path.is_dir():
-        raise ToolkitError(f"--toolkit {path} is not a folder", "Pass a git checkout of the Overleaf Toolkit.")
+        raise ToolkitError(f"--carry-toolkit {path} is not a folder", "Pass a git checkout of the Overleaf Toolkit.")
     top = _git(path, "rev-parse", "--show-toplevel", check=False)
     if top.returncode != 0 or Path(top.stdout.strip()).resolve() != path:
-        raise ToolkitError(f"--toolkit {path} is not the top of a git checkout",
+        raise ToolkitError(f"--carry-toolkit {path} is not the top of a git checkout",
                            "Pass the folder you cloned github.com/overleaf/toolkit into.")
     commit = _git(path, "rev-parse", "--verify", "HEAD").stdout.strip()
     branch = _git(path, "symbolic-ref", "-q", "--short", "HEAD", check=False).stdout.strip() or None

@@ -105,6 +105,13 @@ class Catalog:
     sources: dict[str, str]
 
     # --- look-ups ---------------------------------------------------------------------
+    def fcv_command(self, series: MajorMinor | str) -> str:
+        """The shell command that sets MongoDB's feature compatibility version to ``series``
+        (``confirm: true`` from :attr:`mongo_fcv_confirm_from` on, as MongoDB 7.0 requires)."""
+        mm = series if isinstance(series, MajorMinor) else MajorMinor.parse(series)
+        confirm = ", confirm: true" if mm >= self.mongo_fcv_confirm_from else ""
+        return f'db.adminCommand({{ setFeatureCompatibilityVersion: "{mm}"{confirm} }})'
+
     def find(self, version: AppVersion) -> Release | None:
         key = version.release
         for rel in self.releases:

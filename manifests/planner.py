@@ -27,7 +27,7 @@ from typing import Any
 
 from .catalog import Catalog, Requirements
 from .errors import PlanError
-from .versions import AppVersion, MajorMinor
+from .versions import AppVersion, MajorMinor, mongo_shell
 
 STEP_KINDS = ("backup", "app", "mongo", "redis", "migration", "config")
 PLAN_SCHEMA = 1
@@ -287,12 +287,6 @@ class _Planner:
         return out
 
     # steps ----------------------------------------------------------------------------
-    def fcv_command(self, s: MajorMinor) -> str:
-        confirm = ", confirm: true" if s >= self.cat.mongo_fcv_confirm_from else ""
-        return f'db.adminCommand({{ setFeatureCompatibilityVersion: "{s}"{confirm} }})'
-
-    def shell(self, s: MajorMinor) -> str:
-        return "mongosh" if s.major >= 6 else "mongo"
 
     def plan(self) -> UpgradePlan:
         cur = self.resolve_current()
@@ -369,9 +363,9 @@ class _Planner:
                 "mongo", f"MongoDB {st.mongo} -> {nxt}: set feature compatibility to {st.mongo}, switch the image, "
                          f"then raise feature compatibility to {nxt}",
                 imgs, version=str(nxt),
-                details={"from_version": str(st.mongo), "shell_before": self.shell(st.mongo),
-                         "shell_after": self.shell(nxt), "fcv_before": self.fcv_command(st.mongo),
-                         "fcv_after": self.fcv_command(nxt), "needed_by": str(hop)}))
+                details={"from_version": str(st.mongo), "shell_before": mongo_shell(st.mongo),
+                         "shell_after": mongo_shell(nxt), "fcv_before": self.cat.fcv_command(st.mongo),
+                         "fcv_after": self.cat.fcv_command(nxt), "needed_by": str(hop)}))
             st.mongo = nxt
         if st.redis < req.redis_required:
             out.append(Step("redis", f"Redis {st.redis} -> {req.redis_required} (Redis 7+ cannot be downgraded)",

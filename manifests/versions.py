@@ -86,3 +86,18 @@ class MajorMinor:
     def __str__(self) -> str:
         base = f"{self.major}.{self.minor}"
         return base if self.patch < 0 else f"{base}.{self.patch}"
+
+
+def version_major(version: str) -> int:
+    """The major of an Overleaf version string (``"5.5.8"`` -> 5); 0 when it does not start with a number."""
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return 0
+
+
+def mongo_shell(series: MajorMinor | str) -> str:
+    """The MongoDB shell of a series: ``mongosh`` from 6.0 on (the legacy ``mongo`` shell is gone there),
+    ``mongo`` before (facts 3.1)."""
+    mm = series if isinstance(series, MajorMinor) else MajorMinor.parse(series)
+    return "mongosh" if mm.major >= 6 else "mongo"

@@ -255,3 +255,23 @@ def test_plan_properties(req):
     for s in p.steps:
         assert set(s.images) <= set(p.images)
     assert UpgradePlan.from_dict(p.to_dict()) == p
+
+
+def test_one_place_for_the_fcv_command_and_the_shell():
+    """The plan's MongoDB steps and the importer's runner take the command and shell from one place:
+    ``confirm: true`` from 7.0 on, ``mongosh`` from 6.0 on (facts 3.1)."""
+    from importer.upgrade.base import fcv_command
+    from manifests.versions import mongo_shell
+
+    cat = load_catalog(overlay=False)
+    assert cat.fcv_command("6.0") == 'db.adminCommand({ setFeatureCompatibilityVersion: "6.0" })'
+    assert cat.fcv_command(MajorMinor(7, 0)).endswith('"7.0", confirm: true })')
+    assert [mongo_shell(s) for s in ("4.4", "5.0", "6.0", "8.0")] == ["mongo", "mongo", "mongosh", "mongosh"]
+    plan = make_plan(cat, PlanRequest(current="4.2.9", target="6.2.2", edition="ce", mongo="4.4", redis="6.2"))
+    hops = [s for s in plan.steps if s.kind == "mongo"]
+    assert hops, plan.steps
+    for hop in hops:
+        frm, to = MajorMinor.parse(hop.details["from_version"]), MajorMinor.parse(hop.version)
+        assert hop.details["fcv_before"] == cat.fcv_command(frm) == fcv_command(str(frm))
+        assert hop.details["fcv_after"] == cat.fcv_command(to) == fcv_command(str(to))
+        assert (hop.details["shell_before"], hop.details["shell_after"]) == (mongo_shell(frm), mongo_shell(to))

@@ -24,7 +24,7 @@ from manifests.errors import ManifestFormatError, PlanError, PreflightError
 from manifests.safeio import read_regular
 from manifests.planner import Step, UpgradePlan
 from manifests.toolkit_config import ToolkitConfig
-from manifests.versions import MajorMinor
+from manifests.versions import MajorMinor, mongo_shell, version_major
 
 from importer.upgrade.grammar import SERIES_RE, VERSION_RE, check_step_id
 
@@ -122,11 +122,8 @@ def own_catalog() -> Catalog:
     return _CATALOG
 
 def fcv_command(series: str) -> str:
-    confirm = ", confirm: true" if MajorMinor.parse(series) >= own_catalog().mongo_fcv_confirm_from else ""
-    return f'db.adminCommand({{ setFeatureCompatibilityVersion: "{series}"{confirm} }})'
-
-def mongo_shell(series: str) -> str:
-    return "mongosh" if MajorMinor.parse(series).major >= 6 else "mongo"
+    """The FCV command for ``series``, from the importer's own catalog (never from the overlay)."""
+    return own_catalog().fcv_command(series)
 
 def validate_plan(plan: dict) -> None:
     """The plan's values that reach paths, config files or commands, checked before anything runs."""
@@ -166,12 +163,6 @@ def mongo_enabled(cfg: ToolkitConfig) -> bool:
 
 def redis_enabled(cfg: ToolkitConfig) -> bool:
     return cfg.rc.get("REDIS_ENABLED", "true").strip().lower() != "false"
-
-def version_major(version: str) -> int:
-    try:
-        return int(version.split(".")[0])
-    except ValueError:
-        return 0
 
 def git_bridge_on(cfg: ToolkitConfig) -> bool:
     """The Toolkit runs git-bridge only for Server Pro 4.0+ with GIT_BRIDGE_ENABLED=true."""

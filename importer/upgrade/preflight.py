@@ -16,14 +16,14 @@ from typing import Callable
 
 from manifests.errors import AirgapError, PreflightError, ToolkitError
 from manifests.toolkit_config import ToolkitConfig, read_toolkit
-from manifests.versions import AppVersion, MajorMinor
+from manifests.versions import AppVersion, MajorMinor, mongo_shell, version_major
 
 from importer.upgrade.backup import tree_size
 from importer.upgrade.journal import Journal
 from importer.upgrade.toolkit import Capabilities, capabilities, compose_project, service_container
 from importer.upgrade.base import (AVX_FROM, Context, RunStep, data_sources, default_backup_dir, expected_stack,
-                           mongo_authenticated, mongo_enabled, mongo_shell, not_covered, override_file, plan_steps,
-                           redis_enabled, version_major)
+                           mongo_authenticated, mongo_enabled, not_covered, override_file, plan_steps,
+                           redis_enabled)
 
 
 # --- reading the host ------------------------------------------------------------------

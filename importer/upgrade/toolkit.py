@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 from manifests.atomic import SymlinkRefused, atomic_write_bytes, existing_attrs
 from manifests.errors import ToolkitError
 from manifests.safeio import MiB, read_regular
+from manifests.versions import version_major
 
 from importer.upgrade.grammar import check_config_value
 
@@ -64,13 +65,6 @@ def check_config_files(root: Path) -> None:
     regular file; called before any change."""
     for name in CONFIG_FILES:
         config_attrs(Path(root) / "config", name)
-
-
-def version_major(version: str) -> int:
-    try:
-        return int(version.split(".")[0])
-    except ValueError:
-        return 0
 
 
 def default_timeout() -> float:

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Callable
 
 from manifests.errors import ToolkitError
+from manifests.gitrun import git
 
 from importer.upgrade.journal import Audit
 
 
 def _git(toolkit: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", str(toolkit), *args], capture_output=True, text=True)
+    return git(toolkit, *args, hint="Install git, or pass --keep-toolkit-code to leave the Toolkit code as it is.")
 
 
 def update_toolkit_code(toolkit: Path, gitbundle: Path, commit: str, choice: bool | None, audit: Audit | None,

@@ -14,10 +14,9 @@ import re
 
 from manifests.errors import PausedForCheck, StepFailed
 from manifests.toolkit_config import ToolkitConfig
-from manifests.versions import MajorMinor
+from manifests.versions import MajorMinor, mongo_shell, version_major
 
-from importer.upgrade.base import (RunStep, fcv_command, mongo_authenticated, mongo_enabled, mongo_host, mongo_shell,
-                                   series_of, version_major)
+from importer.upgrade.base import RunStep, fcv_command, mongo_authenticated, mongo_enabled, mongo_host, series_of
 from importer.upgrade.steps.base import StepBase
 from importer.upgrade.steps.probes import MONGO_PROBE, probe_from_app
 
