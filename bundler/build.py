@@ -29,7 +29,6 @@ The phases, each a method of :class:`Builder`:
 from __future__ import annotations
 
 import errno
-import hashlib
 import shutil
 import time
 import uuid
@@ -51,6 +50,7 @@ from manifests.imageref import canonical
 from manifests.payload import PartWriter
 from manifests.planner import PlanRequest, UpgradePlan, make_plan
 from manifests.receipt import Receipt
+from manifests.safeio import sha256_file
 from manifests.signing import key_id, public_pem, sign, verify
 from manifests.units import human_size
 
@@ -463,13 +463,7 @@ def _catalog_overlay(plan: UpgradePlan) -> dict[str, Any] | None:
 
 
 def _file_ref(stage: Path, name: str) -> FileRef:
-    h = hashlib.sha256()
-    size = 0
-    with open(stage / name, "rb") as fh:
-        while chunk := fh.read(1024 * 1024):
-            h.update(chunk)
-            size += len(chunk)
-    return FileRef(name, size, h.hexdigest())
+    return FileRef(name, *sha256_file(stage / name))
 
 
 def _tool_version() -> str:

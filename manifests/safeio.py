@@ -27,12 +27,13 @@ bad UTF-8 all raise the caller's error instead of ``ValueError``/``RecursionErro
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import AirgapError, IntegrityError
 from .limits import LIMITS, MiB
@@ -168,3 +169,28 @@ def loads_json(data: bytes, what: str, error: type[AirgapError], hint: str = "")
         raise error(f"{what} is nested too deeply to be read", hint) from None
     except ValueError as exc:  # JSONDecodeError, NaN/Infinity, huge numbers
         raise error(f"{what} is not valid JSON: {exc}", hint) from None
+
+
+HASH_READ_SIZE = 1024 * 1024
+
+
+def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None,
+                read_size: int = HASH_READ_SIZE) -> tuple[int, str]:
+    """(size, sha256 hex) of a file, read in ``read_size`` blocks into one reused buffer (sequential
+    read-ahead asked for); ``on_bytes(n)`` after each block (a progress bar). The one file hasher of
+    both tools: bundle files at build and verify, backup trees at restore."""
+    h = hashlib.sha256()
+    buf = bytearray(read_size)
+    view = memoryview(buf)
+    total = 0
+    with open(path, "rb", buffering=0) as fh:
+        try:
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except (AttributeError, OSError):   # no fadvise here (or not for this file system): only slower
+            pass
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+            total += n
+            if on_bytes:
+                on_bytes(n)
+    return total, h.hexdigest()

@@ -130,3 +130,19 @@ def test_manifest_and_receipt_parsers_refuse_infinite_numbers():
         BundleManifest.from_bytes(b'{"schema": 2, "size": 1e999}')
     with pytest.raises(ReceiptError, match="out of range"):
         Receipt.parse(b'{"schema": 2, "images": [], "x": 1e999}')
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096 + 17])
+def test_sha256_file_counts_and_hashes_across_block_edges(tmp_path, size):
+    """The one file hasher: size and digest equal hashlib's over the whole file, whatever the block edges;
+    ``on_bytes`` sees every byte once."""
+    import hashlib
+
+    from manifests.safeio import sha256_file
+
+    data = os.urandom(size)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    seen: list[int] = []
+    assert sha256_file(path, seen.append, read_size=4096) == (size, hashlib.sha256(data).hexdigest())
+    assert sum(seen) == size and all(0 < n <= 4096 for n in seen)

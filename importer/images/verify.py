@@ -29,7 +29,6 @@ releases no segment before its hash matched. Such a bundle is recorded as accept
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -43,14 +42,13 @@ from manifests.bundle import MANIFEST_NAME, PAYLOAD_PREFIX, PUBKEY_NAME, README_
 from manifests.errors import IntegrityError, KeyError_, SignatureError
 from manifests.payload import check_part
 from manifests.limits import LIMITS
-from manifests.safeio import read_regular
+from manifests.safeio import read_regular, sha256_file
 from manifests.signing import key_id, load_public_key
 from manifests.trust import Accepted, BundleTrust
 
 from importer.images.hoststate import HostState, TrustedKeys
 from importer.images.plan_check import check_plan
 
-READ_SIZE = 1024 * 1024
 ALLOWED_UNLISTED = frozenset({MANIFEST_NAME, SIGNATURE_NAME, PUBKEY_NAME, README_NAME})
 # folders that file systems and desktops create on removable media; never read, never reported
 FS_ARTEFACTS = frozenset({"lost+found", "System Volume Information", "$RECYCLE.BIN", ".Trashes",
@@ -170,28 +168,6 @@ class VerifiedBundle:
         return self.report.parts_hashed
 
 
-def hash_file(path: Path, on_bytes: Callable[[int], None] | None = None, read_size: int = READ_SIZE) -> tuple[int, str]:
-    """(size, sha256 hex) of a file, read in ``read_size`` blocks into one reused buffer."""
-    h = hashlib.sha256()
-    buf = bytearray(read_size)
-    view = memoryview(buf)
-    total = 0
-    with open(path, "rb", buffering=0) as fh:
-        try:
-            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        except (AttributeError, OSError):
-            pass
-        while True:
-            n = fh.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])
-            total += n
-            if on_bytes:
-                on_bytes(n)
-    return total, h.hexdigest()
-
-
 def hash_workers() -> int:
     return min(4, max(2, os.cpu_count() or 2))
 
@@ -248,7 +224,7 @@ def check_contents(manifest: BundleManifest, folders: BundleFolders,
             return None if bad is None else Problem(ref.name, "sha256", f"{bad} (at {path})")
         slot, _ = device_slot(path)
         with slot:
-            got_size, digest = hash_file(path, count)
+            got_size, digest = sha256_file(path, count)
         if got_size != ref.size:
             return Problem(ref.name, "size", f"changed while it was read: {got_size} bytes at {path}")
         if digest != ref.sha256:

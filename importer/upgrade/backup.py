@@ -38,6 +38,7 @@ from manifests.atomic import atomic_write_bytes, fsync_dir
 from manifests.bundle import iso, utc_now
 from manifests.errors import DiskSpaceError, ToolkitError
 from manifests.limits import LIMITS
+from manifests.safeio import sha256_file
 
 CHUNK = 1024 * 1024
 
@@ -190,16 +191,6 @@ def read_sums(path: Path) -> dict[str, str]:
     return out
 
 
-def hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            buf = fh.read(CHUNK)
-            if not buf:
-                return h.hexdigest()
-            h.update(buf)
-
-
 def verify_tree(base: Path, sums: dict[str, str], labels: dict[str, Path] | None = None) -> list[str]:
     """Paths whose content differs from the sums (``labels`` maps a label to where it now lives)."""
     bad = []
@@ -207,7 +198,7 @@ def verify_tree(base: Path, sums: dict[str, str], labels: dict[str, Path] | None
         label, _, inner = rel.partition("/")
         root = labels[label] if labels else base / label
         p = root / inner
-        if not p.is_file() or hash_file(p) != digest:
+        if not p.is_file() or sha256_file(p)[1] != digest:
             bad.append(rel)
     return bad
 
