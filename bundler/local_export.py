@@ -59,11 +59,12 @@ RECORD_SCHEMA = 1
 
 # --- reading the engine's stream ----------------------------------------------------------------
 class _Prefetch(io.RawIOBase):
-    """The HTTP response, read ahead by a thread (bounded queue), counting bytes for progress."""
+    """The engine's export stream (an iterator of byte chunks), read ahead by a thread (bounded queue),
+    counting bytes for progress."""
 
-    def __init__(self, raw, on_bytes: Callable[[int], None] | None) -> None:
+    def __init__(self, chunks: Iterator[bytes], on_bytes: Callable[[int], None] | None) -> None:
         super().__init__()
-        self.raw = raw
+        self.chunks = chunks
         self.on_bytes = on_bytes
         self.count = 0
         self._q: queue.Queue = queue.Queue(maxsize=PREFETCH_CHUNKS)
@@ -75,13 +76,19 @@ class _Prefetch(io.RawIOBase):
 
     def _pump(self) -> None:
         try:
-            while not self._stop.is_set():
-                data = self.raw.read(CHUNK)
-                self._put(data)
-                if not data:
-                    return
+            for data in self.chunks:
+                if self._stop.is_set():
+                    break
+                if data:
+                    self._put(data)
+            else:
+                self._put(b"")   # the end
         except BaseException as exc:  # noqa: BLE001 - handed to the reading side
             self._put(exc)
+        finally:   # stopped early (a failed export): end the stream in the thread that iterates it
+            close = getattr(self.chunks, "close", None)
+            if close is not None:
+                close()
 
     def _put(self, item) -> None:
         while not self._stop.is_set():
@@ -162,21 +169,27 @@ def _inspect(client, ref: str) -> dict[str, Any]:
                                "Check that the engine is running (DOCKER_HOST).") from exc
 
 
-def _open_save(client, ref: str):
+def _open_save(client, ref: str) -> Iterator[bytes]:
+    """The engine's ``docker save`` stream of ``ref`` (docker-py's public ``APIClient.get_image``), as
+    chunks; the first one is read here, so that a refusal or a lost engine is a clean LocalExportError."""
     import docker.errors  # noqa: PLC0415
 
-    api = client.api
     try:
-        resp = api._get(api._url("/images/{0}/get", ref), stream=True)
-        api._raise_for_status(resp)
+        chunks = iter(client.api.get_image(ref, chunk_size=CHUNK))
+        first = next(chunks, b"")
     except docker.errors.DockerException as exc:
         raise LocalExportError(f"the engine refused to export {ref}: {_short(exc)}",
                                "Check that the image is still in the engine (`docker images`).") from exc
     except OSError as exc:
         raise LocalExportError(f"lost the connection to the engine while exporting {ref}: {exc}",
                                "Check that the engine is still running (DOCKER_HOST).") from exc
-    resp.raw.decode_content = True
-    return resp
+    return _resumed(first, chunks)
+
+
+def _resumed(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    """``first`` then ``rest``, as a generator (closing it closes ``rest``: the engine's stream)."""
+    yield first
+    yield from rest
 
 
 # --- resume records -------------------------------------------------------------------------------
@@ -227,8 +240,7 @@ def export_local(client, ref: str, store_root: Path, *,
         if done is not None and done.diff_ids == want_diff_ids:
             return done
 
-    resp = _open_save(client, ref)
-    reader = _Prefetch(resp.raw, on_bytes)
+    reader = _Prefetch(_open_save(client, ref), on_bytes)
     layer_of: dict[str, ZstdBlob] = {}    # member path -> the layer it holds (uncompressed digest)
     small: dict[str, bytes] = {}          # member path -> bytes of a small non-layer member (JSON)
     aliases: dict[str, str] = {}          # link member -> what it points to
@@ -262,7 +274,6 @@ def export_local(client, ref: str, store_root: Path, *,
                                "Check that the engine is still running (DOCKER_HOST).") from exc
     finally:
         reader.close()
-        resp.close()
 
     def resolve(path: str) -> str:
         for _ in range(16):
