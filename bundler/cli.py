@@ -17,7 +17,7 @@ from typing import List, Optional
 import typer
 
 from manifests.catalog import default_overlay_path, load_catalog
-from manifests.console import CTX, emit_json, run, safe, say
+from manifests.console import CTX, command, emit_json, safe, say
 from manifests.planner import UpgradePlan, make_plan
 
 from .cli_build import register as register_build
@@ -65,47 +65,42 @@ def render_plan(plan: UpgradePlan) -> str:
 
 
 @app.command()
+@command
 def plan(from_: Optional[str] = FromOpt, to: str = ToOpt, edition: Optional[str] = EditionOpt,
          git_bridge: Optional[bool] = GitBridgeOpt, tls_proxy: Optional[bool] = TlsProxyOpt,
          texlive: Optional[List[str]] = TexliveOpt, mongo: Optional[str] = MongoOpt, redis: Optional[str] = RedisOpt,
          toolkit: Optional[Path] = ToolkitOpt, allow_rc: bool = AllowRcOpt, json_out: bool = JsonOpt) -> None:
     """Work out the stepped upgrade path and the images each step needs."""
-    CTX.json = CTX.json or json_out
-
-    def go() -> None:
-        req = plan_request(from_, to, edition, git_bridge, tls_proxy, texlive, mongo, redis, toolkit, allow_rc)
-        p = make_plan(load_catalog(), req)
-        if CTX.json:
-            emit_json(p.to_dict())
-        else:
-            say(render_plan(p))
-    run(go)
+    req = plan_request(from_, to, edition, git_bridge, tls_proxy, texlive, mongo, redis, toolkit, allow_rc)
+    p = make_plan(load_catalog(), req)
+    if CTX.json:
+        emit_json(p.to_dict())
+    else:
+        say(render_plan(p))
 
 
 @catalog_app.command("show")
+@command
 def catalog_show(json_out: bool = JsonOpt) -> None:
     """List every release the planner knows, with its status and source."""
-    CTX.json = CTX.json or json_out
-
-    def go() -> None:
-        cat = load_catalog()
-        if CTX.json:
-            emit_json(cat.to_dict())
-            return
-        for r in cat.releases:
-            flags = [] if r.status == "published" else [r.status]
-            if r.editions != ("ce", "pro"):
-                flags.append("+".join(r.editions) + " only")
-            if r.fixed_in:
-                flags.append(f"use {r.fixed_in}")
-            if r.from_overlay:
-                flags.append("overlay")
-            say(f"{str(r.version):10s} {safe(r.date or ''):10s} {', '.join(flags):28s} {safe(r.source)}")
-        say(f"latest: CE {cat.latest('ce')}, Server Pro {cat.latest('pro')}")
-    run(go)
+    cat = load_catalog()
+    if CTX.json:
+        emit_json(cat.to_dict())
+        return
+    for r in cat.releases:
+        flags = [] if r.status == "published" else [r.status]
+        if r.editions != ("ce", "pro"):
+            flags.append("+".join(r.editions) + " only")
+        if r.fixed_in:
+            flags.append(f"use {r.fixed_in}")
+        if r.from_overlay:
+            flags.append("overlay")
+        say(f"{str(r.version):10s} {safe(r.date or ''):10s} {', '.join(flags):28s} {safe(r.source)}")
+    say(f"latest: CE {cat.latest('ce')}, Server Pro {cat.latest('pro')}")
 
 
 @catalog_app.command("refresh")
+@command
 def catalog_refresh(
     registry: str = typer.Option(..., "--registry", help="Registry URL, e.g. https://registry-1.docker.io or https://quay.io."),
     repository: Optional[List[str]] = typer.Option(None, "--repository", help="Repository to read (repeatable); "
@@ -116,21 +111,18 @@ def catalog_refresh(
     """Record newly published patch releases of known majors from a registry's tag list."""
     from .catalog_refresh import refresh
 
-    CTX.json = CTX.json or json_out
 
-    def go() -> None:
-        repos = repository or (["sharelatex/sharelatex-pro"] if "quay.io" in registry else ["sharelatex/sharelatex"])
-        res = refresh(load_catalog(), registry, repos, overlay or default_overlay_path())
-        if CTX.json:
-            emit_json({"added": res.added, "new_majors": res.new_majors, "tags_seen": res.known,
-                       "overlay": str(res.overlay)})
-            return
-        say(f"{res.known} tags read; new releases recorded in {safe(res.overlay)}: "
-            f"{safe(', '.join(res.added) or 'none')}")
-        for t in res.new_majors:
-            say(f"! {safe(t)} belongs to a major this tool has no upgrade rules for: it is reported, never planned "
-                "through. Update overleaf-airgap for it.")
-    run(go)
+    repos = repository or (["sharelatex/sharelatex-pro"] if "quay.io" in registry else ["sharelatex/sharelatex"])
+    res = refresh(load_catalog(), registry, repos, overlay or default_overlay_path())
+    if CTX.json:
+        emit_json({"added": res.added, "new_majors": res.new_majors, "tags_seen": res.known,
+                   "overlay": str(res.overlay)})
+        return
+    say(f"{res.known} tags read; new releases recorded in {safe(res.overlay)}: "
+        f"{safe(', '.join(res.added) or 'none')}")
+    for t in res.new_majors:
+        say(f"! {safe(t)} belongs to a major this tool has no upgrade rules for: it is reported, never planned "
+            "through. Update overleaf-airgap for it.")
 
 
 register_build(app)   # build, keygen, inspect: bundler/cli_build.py

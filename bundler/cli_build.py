@@ -17,7 +17,7 @@ from typing import List, Optional
 import typer
 
 from manifests.bundle import parse_size
-from manifests.console import CTX, emit_json, progress, run, say, warn
+from manifests.console import CTX, command, emit_json, progress, say, warn
 
 from manifests.errors import UsageError
 
@@ -40,6 +40,7 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+@command
 def keygen_cmd(
     out: Path = typer.Option(..., "--out", help="Private key file to write (the public key goes to OUT.pub)."),
     passphrase_env: Optional[str] = typer.Option(None, "--passphrase-env", metavar="VAR",
@@ -48,21 +49,18 @@ def keygen_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Make an Ed25519 signing key pair (private key 0600, encrypted with a passphrase)."""
-    CTX.json = CTX.json or json_out
+    from .keys import write_new_key
 
-    def go() -> None:
-        from .keys import write_new_key
-
-        priv, pub, kid, encrypted = write_new_key(out, passphrase_env, no_passphrase)
-        if CTX.json:
-            emit_json({"key_id": kid, "private_key": str(priv), "public_key": str(pub), "encrypted": encrypted})
-            return
-        say(f"key id: {kid}")
-        say(f"private key: {priv} ({'encrypted' if encrypted else 'NOT encrypted'}, mode 0600): keep it secret")
-        say(f"public key:  {pub}: give it to the offline admins through a trusted channel")
-    run(go)
+    priv, pub, kid, encrypted = write_new_key(out, passphrase_env, no_passphrase)
+    if CTX.json:
+        emit_json({"key_id": kid, "private_key": str(priv), "public_key": str(pub), "encrypted": encrypted})
+        return
+    say(f"key id: {kid}")
+    say(f"private key: {priv} ({'encrypted' if encrypted else 'NOT encrypted'}, mode 0600): keep it secret")
+    say(f"public key:  {pub}: give it to the offline admins through a trusted channel")
 
 
+@command
 def build_cmd(
     from_: Optional[str] = FromOpt,
     to: str = ToOpt,
@@ -108,57 +106,50 @@ def build_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Fetch the plan's images from their registries (no engine needed) into a signed bundle split into parts."""
-    CTX.json = CTX.json or json_out
-
-    def go() -> None:
-        from .build import DEFAULT_OFFLINE_PLATFORM, BuildOptions, Builder, format_summary, parse_duration
-        from .keys import load_signing_key
-        try:
-            part = parse_size(max_part_size)
-        except ValueError as exc:
-            raise UsageError(f"--max-part-size: {exc}") from None
-        request = plan_request(from_, to, edition, git_bridge, tls_proxy, texlive, mongo, redis, toolkit, allow_rc)
-        opts = BuildOptions(request, out=out,
-            max_part_size=part, platform=platform, mirrors=tuple(mirror or ()), toolkit=carry_toolkit,
-            expires=parse_duration(expires), sequence=sequence, have=have, offline_python=offline_python,
-            offline_platforms=tuple(offline_platform or (DEFAULT_OFFLINE_PLATFORM,)), importer=not no_importer,
-            force=force, work_dir=work_dir, keep_work=keep_work, recompress=recompress, workers=workers)
-        builder = Builder(opts, _CliReporter())
-        plan = builder.check()
-        try:
-            if key.stat().st_mode & 0o077:
-                warn(f"the signing key {key} can be read by other users: chmod 600 it")
-        except OSError:
-            pass   # load_signing_key explains
-        signing_key = load_signing_key(key, passphrase_env)   # before anything is pulled
-        # SIGTERM cleans up like Ctrl-C: the unfinished bundle goes, the cache stays
-        signal.signal(signal.SIGTERM, _interrupt)
-        say(f"Building a bundle for Overleaf {plan.edition} {plan.current} -> {plan.target}: "
-            f"{len(plan.images)} image(s)")
-        summary = builder.run(signing_key)
-        if CTX.json:
-            emit_json(summary)
-        else:
-            say(format_summary(summary))
-    run(go)
+    from .build import DEFAULT_OFFLINE_PLATFORM, BuildOptions, Builder, format_summary, parse_duration
+    from .keys import load_signing_key
+    try:
+        part = parse_size(max_part_size)
+    except ValueError as exc:
+        raise UsageError(f"--max-part-size: {exc}") from None
+    request = plan_request(from_, to, edition, git_bridge, tls_proxy, texlive, mongo, redis, toolkit, allow_rc)
+    opts = BuildOptions(request, out=out,
+        max_part_size=part, platform=platform, mirrors=tuple(mirror or ()), toolkit=carry_toolkit,
+        expires=parse_duration(expires), sequence=sequence, have=have, offline_python=offline_python,
+        offline_platforms=tuple(offline_platform or (DEFAULT_OFFLINE_PLATFORM,)), importer=not no_importer,
+        force=force, work_dir=work_dir, keep_work=keep_work, recompress=recompress, workers=workers)
+    builder = Builder(opts, _CliReporter())
+    plan = builder.check()
+    try:
+        if key.stat().st_mode & 0o077:
+            warn(f"the signing key {key} can be read by other users: chmod 600 it")
+    except OSError:
+        pass   # load_signing_key explains
+    signing_key = load_signing_key(key, passphrase_env)   # before anything is pulled
+    # SIGTERM cleans up like Ctrl-C: the unfinished bundle goes, the cache stays
+    signal.signal(signal.SIGTERM, _interrupt)
+    say(f"Building a bundle for Overleaf {plan.edition} {plan.current} -> {plan.target}: "
+        f"{len(plan.images)} image(s)")
+    summary = builder.run(signing_key)
+    if CTX.json:
+        emit_json(summary)
+    else:
+        say(format_summary(summary))
 
 
+@command
 def inspect_cmd(
     bundle: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="Bundle folder (or its manifest.json)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Show a bundle's steps, images, parts, expiry and key id (signature NOT checked)."""
-    CTX.json = CTX.json or json_out
+    from .inspect_bundle import inspect_bundle, render_inspect
 
-    def go() -> None:
-        from .inspect_bundle import inspect_bundle, render_inspect
-
-        info = inspect_bundle(bundle)
-        if CTX.json:
-            emit_json(info.to_dict())
-        else:
-            say(render_inspect(info))
-    run(go)
+    info = inspect_bundle(bundle)
+    if CTX.json:
+        emit_json(info.to_dict())
+    else:
+        say(render_inspect(info))
 
 
 def register(app: typer.Typer) -> None:

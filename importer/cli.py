@@ -19,7 +19,7 @@ from typing import List, Optional
 import typer
 
 from manifests.bundle import utc_now
-from manifests.console import CTX, emit_json, progress, run, safe, say, warn
+from manifests.console import CTX, command, emit_json, progress, safe, say, warn
 
 from importer.images import engine as eng
 from importer.cli_common import load_verified as _load, verified as _verified
@@ -58,23 +58,20 @@ def _verify_json(vb: VerifiedBundle) -> dict:
 
 
 @app.command()
+@command
 def verify(bundle_dir: Path = BundleArg, trust: Optional[List[Path]] = TrustOpt,
            parts_from: Optional[List[Path]] = PartsOpt, allow_expired: bool = ExpiredOpt,
            allow_downgrade: bool = DowngradeOpt, json_out: bool = JsonOpt) -> None:
     """Check the signature, expiry, sequence and every part and file of a bundle. Touches no engine."""
-    CTX.json = CTX.json or json_out
-
-    def go() -> None:
-        vb = _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade)
-        if CTX.json:
-            emit_json(_verify_json(vb))
-        else:
-            say("OK: the bundle is intact and trusted. Next: overleaf-import load " + safe(bundle_dir))
-
-    run(go)
+    vb = _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade)
+    if CTX.json:
+        emit_json(_verify_json(vb))
+    else:
+        say("OK: the bundle is intact and trusted. Next: overleaf-import load " + safe(bundle_dir))
 
 
 @app.command()
+@command
 def load(bundle_dir: Path = BundleArg, trust: Optional[List[Path]] = TrustOpt,
          parts_from: Optional[List[Path]] = PartsOpt, allow_expired: bool = ExpiredOpt,
          allow_downgrade: bool = DowngradeOpt,
@@ -82,20 +79,16 @@ def load(bundle_dir: Path = BundleArg, trust: Optional[List[Path]] = TrustOpt,
                                            help="Move tags that name other images here to the bundle's images."),
          json_out: bool = JsonOpt) -> None:
     """Verify, then stream the bundle's images into the engine and check each tag's pinned image ID."""
-    CTX.json = CTX.json or json_out
-
-    def go() -> None:
-        vb = _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade, stream_parts=True)
-        _client, result, seconds = _load(vb, replace_tags)
-        if CTX.json:
-            emit_json({**_verify_json(vb), "load": {**result.plan.to_dict(), "seconds": round(seconds, 3)}})
-        else:
-            say(f"OK: {len(vb.manifest.images)} image(s) on the engine, each at its pinned ID ({seconds:.1f} s).")
-
-    run(go)
+    vb = _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade, stream_parts=True)
+    _client, result, seconds = _load(vb, replace_tags)
+    if CTX.json:
+        emit_json({**_verify_json(vb), "load": {**result.plan.to_dict(), "seconds": round(seconds, 3)}})
+    else:
+        say(f"OK: {len(vb.manifest.images)} image(s) on the engine, each at its pinned ID ({seconds:.1f} s).")
 
 
 @app.command()
+@command
 def push(bundle_dir: Path = BundleArg,
          registry: str = typer.Option(..., "--registry", metavar="HOST[:PORT][/PREFIX]",
                                       help="The internal registry, optionally with a repository prefix."),
@@ -105,68 +98,61 @@ def push(bundle_dir: Path = BundleArg,
          allow_expired: bool = ExpiredOpt, allow_downgrade: bool = DowngradeOpt,
          json_out: bool = JsonOpt) -> None:
     """Push every image straight from the bundle to REGISTRY (no engine): same path and tag, same digests."""
-    CTX.json = CTX.json or json_out
     from importer.images.push import overleaf_rc, parse_registry, push_bundle
     from importer.images.verify import accept_bundle
 
-    def go() -> None:
-        target = parse_registry(registry)
-        vb = _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade, stream_parts=True)
-        m = vb.manifest
-        bar = progress(m.payload_size, "push")
-        try:
-            pushed = push_bundle(m, vb.folders.locate_for_reading(m.parts), target, insecure=insecure,
-                                 on_bytes=bar.update,
-                                 on_image=lambda ref, to: say(f"Tagging {safe(ref)} -> {safe(to)}"))
-        finally:
-            bar.close()
-        accept_bundle(vb)
-        rc, warnings = overleaf_rc(m, pushed.pushed)
-        kept = [r for r in m.upgrade_plan.assumed_present if r not in pushed.pushed]
-        if kept:
-            warnings.append("not pushed, because this bundle does not carry them (the plan assumes the host runs "
-                            "them): " + ", ".join(kept) + "; their overleaf.rc settings stay as they are")
-        for w in warnings:
-            warn(safe(w))
-        if CTX.json:
-            emit_json({"ok": True, **pushed.to_dict(), "overleaf_rc": rc, "warnings": warnings})
-            return
-        for img in pushed.images:
-            how = "the upstream digest" if img.digest_preserved else "the bundle's pinned digest"
-            say(f"  {safe(img.target)} = {img.registry_digest[:19]}  ({how})")
-        say(f"OK: {len(pushed.images)} image(s) pushed to {safe(target.address)} "
-            f"({len(pushed.uploaded)} blob(s) uploaded, {len(pushed.skipped)} already there, "
-            f"{len(pushed.mounted)} mounted).")
-        if rc:
-            say("Set these in config/overleaf.rc on each Overleaf host (they then pull from the registry):")
-            for k, v in rc.items():
-                say(f"  {safe(k)}={safe(v)}")
-
-    run(go)
+    target = parse_registry(registry)
+    vb = _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade, stream_parts=True)
+    m = vb.manifest
+    bar = progress(m.payload_size, "push")
+    try:
+        pushed = push_bundle(m, vb.folders.locate_for_reading(m.parts), target, insecure=insecure,
+                             on_bytes=bar.update,
+                             on_image=lambda ref, to: say(f"Tagging {safe(ref)} -> {safe(to)}"))
+    finally:
+        bar.close()
+    accept_bundle(vb)
+    rc, warnings = overleaf_rc(m, pushed.pushed)
+    kept = [r for r in m.upgrade_plan.assumed_present if r not in pushed.pushed]
+    if kept:
+        warnings.append("not pushed, because this bundle does not carry them (the plan assumes the host runs "
+                        "them): " + ", ".join(kept) + "; their overleaf.rc settings stay as they are")
+    for w in warnings:
+        warn(safe(w))
+    if CTX.json:
+        emit_json({"ok": True, **pushed.to_dict(), "overleaf_rc": rc, "warnings": warnings})
+        return
+    for img in pushed.images:
+        how = "the upstream digest" if img.digest_preserved else "the bundle's pinned digest"
+        say(f"  {safe(img.target)} = {img.registry_digest[:19]}  ({how})")
+    say(f"OK: {len(pushed.images)} image(s) pushed to {safe(target.address)} "
+        f"({len(pushed.uploaded)} blob(s) uploaded, {len(pushed.skipped)} already there, "
+        f"{len(pushed.mounted)} mounted).")
+    if rc:
+        say("Set these in config/overleaf.rc on each Overleaf host (they then pull from the registry):")
+        for k, v in rc.items():
+            say(f"  {safe(k)}={safe(v)}")
 
 
 @app.command()
+@command
 def inventory(out: Path = typer.Option(..., "--out", metavar="FILE", help="Where to write the receipt (JSON)."),
               json_out: bool = JsonOpt) -> None:
     """Write a receipt of the images this engine holds, for `overleaf-bundle build --have FILE`."""
-    CTX.json = CTX.json or json_out
     from importer.images.inventory import make_receipt, write_receipt
 
-    def go() -> None:
-        client = eng.connect()
-        info = eng.preflight(client)
-        host = eng.HostImages.scan(client, info.image_store)
-        state = HostState.load()
-        receipt = make_receipt(host, info, state, utc_now())
-        digest = write_receipt(out, receipt)
-        if CTX.json:
-            emit_json({"ok": True, "out": str(out), "sha256": digest, "images": len(receipt["images"]),
-                       "accepted": receipt["accepted"]})
-        else:
-            say(f"Wrote {safe(out)}: {len(receipt['images'])} image(s), sha256 {digest}")
-            say("Carry it to the online side: overleaf-bundle build ... --have " + safe(out.name))
-
-    run(go)
+    client = eng.connect()
+    info = eng.preflight(client)
+    host = eng.HostImages.scan(client, info.image_store)
+    state = HostState.load()
+    receipt = make_receipt(host, info, state, utc_now())
+    digest = write_receipt(out, receipt)
+    if CTX.json:
+        emit_json({"ok": True, "out": str(out), "sha256": digest, "images": len(receipt["images"]),
+                   "accepted": receipt["accepted"]})
+    else:
+        say(f"Wrote {safe(out)}: {len(receipt['images'])} image(s), sha256 {digest}")
+        say("Carry it to the online side: overleaf-bundle build ... --have " + safe(out.name))
 
 
 # upgrade, rollback, status: the Toolkit side, in their own module

@@ -15,7 +15,7 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
-from manifests.console import CTX, emit_json, interactive, run, say, warn
+from manifests.console import CTX, command, emit_json, interactive, say, warn
 
 from manifests.errors import PreflightError
 
@@ -37,6 +37,7 @@ def _ask(question: str) -> bool:
     return typer.confirm(question, default=False, err=True)
 
 
+@command
 def upgrade(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="The bundle folder (with manifest.json)."),
             toolkit: Path = ToolkitOpt,
             trust: Optional[List[Path]] = typer.Option(None, "--trust", metavar="PUBKEY", help="Trusted public key; repeatable."),
@@ -57,51 +58,48 @@ def upgrade(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="T
     from importer.upgrade import UpgradeOptions, upgrade_toolkit
 
     _verified, _load = _front_ends()
-    CTX.json = CTX.json or json_out
     opts = UpgradeOptions(yes=yes, dry_run=dry_run, resume=resume, backup_dir=backup_dir,
                           health_timeout=health_timeout, generate_secrets=generate_secrets, update_toolkit=update_code)
 
-    def go() -> None:
-        outcome = upgrade_toolkit(
-            toolkit, opts, say=say, ask=_ask,
-            verify=lambda stream: _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade,
-                                            stream_parts=stream),
-            load=lambda vb: _load(vb, replace_tags))
-        if outcome.nothing_to_resume:
-            if CTX.json:
-                emit_json({"ok": True, "nothing_to_resume": True})
-            return
-        dry = outcome.dry_run
-        if dry is not None:
-            if CTX.json:
-                emit_json(dry.to_dict())
-            else:
-                say(f"Dry run: nothing is changed. The upgrade {dry.frm} -> {dry.to} would:")
-                if dry.rename_rc:
-                    say("  rename SHARELATEX_ keys to OVERLEAF_ in config/overleaf.rc (copy kept)")
-                for k, v in dry.pull_settings.items():
-                    say(f"  set {k}={v} in config/overleaf.rc (copy kept)")
-                say("  load the bundle's images that the engine lacks")
-                for sid, acts in dry.actions.items():
-                    say(f"  {sid}:")
-                    for a in acts:
-                        say(f"      {a}")
-                for p in dry.problems:
-                    warn(f"preflight: {p}")
-            if dry.problems:
-                raise PreflightError(f"preflight found {len(dry.problems)} problem(s) (listed above)")
-            return
-        result = outcome.result or {}
-        for note in outcome.notes:
-            say(f"note: {note}")
+    outcome = upgrade_toolkit(
+        toolkit, opts, say=say, ask=_ask,
+        verify=lambda stream: _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade,
+                                        stream_parts=stream),
+        load=lambda vb: _load(vb, replace_tags))
+    if outcome.nothing_to_resume:
         if CTX.json:
-            emit_json(result)
+            emit_json({"ok": True, "nothing_to_resume": True})
+        return
+    dry = outcome.dry_run
+    if dry is not None:
+        if CTX.json:
+            emit_json(dry.to_dict())
         else:
-            say(f"OK: Overleaf is at {result['version']}; {result['steps']} steps done in {result['seconds']} s.")
+            say(f"Dry run: nothing is changed. The upgrade {dry.frm} -> {dry.to} would:")
+            if dry.rename_rc:
+                say("  rename SHARELATEX_ keys to OVERLEAF_ in config/overleaf.rc (copy kept)")
+            for k, v in dry.pull_settings.items():
+                say(f"  set {k}={v} in config/overleaf.rc (copy kept)")
+            say("  load the bundle's images that the engine lacks")
+            for sid, acts in dry.actions.items():
+                say(f"  {sid}:")
+                for a in acts:
+                    say(f"      {a}")
+            for p in dry.problems:
+                warn(f"preflight: {p}")
+        if dry.problems:
+            raise PreflightError(f"preflight found {len(dry.problems)} problem(s) (listed above)")
+        return
+    result = outcome.result or {}
+    for note in outcome.notes:
+        say(f"note: {note}")
+    if CTX.json:
+        emit_json(result)
+    else:
+        say(f"OK: Overleaf is at {result['version']}; {result['steps']} steps done in {result['seconds']} s.")
 
-    run(go)
 
-
+@command
 def rehearse(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="The bundle folder (with manifest.json)."),
              toolkit: Path = ToolkitOpt,
              trust: Optional[List[Path]] = typer.Option(None, "--trust", metavar="PUBKEY", help="Trusted public key; repeatable."),
@@ -120,48 +118,45 @@ def rehearse(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="
     from importer.upgrade import RehearseOptions, rehearse_toolkit
 
     _verified, _load = _front_ends()
-    CTX.json = CTX.json or json_out
     opts = RehearseOptions(sandbox=sandbox, keep=keep, health_timeout=health_timeout)
 
-    def go() -> None:
-        bar = None
+    bar = None
 
-        def on_step(i: int, n: int, text: str) -> None:
-            nonlocal bar
-            if bar is None:
-                bar = progress(n, "rehearsal", unit="step")
-            bar.n = i - 1
-            bar.set_postfix_str(text[:40])
-            bar.refresh()
+    def on_step(i: int, n: int, text: str) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = progress(n, "rehearsal", unit="step")
+        bar.n = i - 1
+        bar.set_postfix_str(text[:40])
+        bar.refresh()
 
-        def load(vb):
-            if not yes and not _ask("The real site stops for a fresh backup (then starts again), and the upgrade "
-                                    "is rehearsed on a copy. Go on?"):
-                raise DeclinedError("rehearsal not confirmed: nothing was changed",
-                                    "Answer yes, or pass --yes for unattended runs.")
-            return _load(vb, replace_tags)
+    def load(vb):
+        if not yes and not _ask("The real site stops for a fresh backup (then starts again), and the upgrade "
+                                "is rehearsed on a copy. Go on?"):
+            raise DeclinedError("rehearsal not confirmed: nothing was changed",
+                                "Answer yes, or pass --yes for unattended runs.")
+        return _load(vb, replace_tags)
 
-        try:
-            record, path = rehearse_toolkit(
-                toolkit, opts, say=say, on_step=on_step, load=load,
-                verify=lambda stream: _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade,
-                                                stream_parts=stream))
-        finally:
-            if bar is not None:
-                bar.close()
-        if CTX.json:
-            emit_json({"ok": True, "record": str(path), **record.to_dict()})
-            return
-        for s in record.steps:
-            say(f"  {s.seconds:8.1f} s  {s.status:7s} {s.id}  {s.title}")
-        say(f"  {record.backup_seconds or 0:8.1f} s  backup (the real upgrade's first stop), "
-            f"{record.health_seconds or 0:.1f} s final health check")
-        say(f"OK: rehearsed {record.from_version} -> {record.to_version} in {record.total_seconds:.1f} s of steps; "
-            f"record {path}" + (f"; sandbox kept at {record.sandbox}" if record.kept else ""))
-
-    run(go)
+    try:
+        record, path = rehearse_toolkit(
+            toolkit, opts, say=say, on_step=on_step, load=load,
+            verify=lambda stream: _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade,
+                                            stream_parts=stream))
+    finally:
+        if bar is not None:
+            bar.close()
+    if CTX.json:
+        emit_json({"ok": True, "record": str(path), **record.to_dict()})
+        return
+    for s in record.steps:
+        say(f"  {s.seconds:8.1f} s  {s.status:7s} {s.id}  {s.title}")
+    say(f"  {record.backup_seconds or 0:8.1f} s  backup (the real upgrade's first stop), "
+        f"{record.health_seconds or 0:.1f} s final health check")
+    say(f"OK: rehearsed {record.from_version} -> {record.to_version} in {record.total_seconds:.1f} s of steps; "
+        f"record {path}" + (f"; sandbox kept at {record.sandbox}" if record.kept else ""))
 
 
+@command
 def rollback(toolkit: Path = ToolkitOpt,
              backup: Optional[str] = typer.Option(None, "--backup", metavar="ID", help="Backup to restore (default: the one before the last major step)."),
              backup_dir: Optional[Path] = typer.Option(None, "--backup-dir", help="Where the backups are."),
@@ -171,46 +166,39 @@ def rollback(toolkit: Path = ToolkitOpt,
     """Stop services, restore a backup's data and config/ (checksums verified), start again."""
     from importer.upgrade import rollback_toolkit
 
-    CTX.json = CTX.json or json_out
 
-    def go() -> None:
-        res = rollback_toolkit(toolkit, backup, backup_dir, yes=yes, start=not no_start, say=say, ask=_ask,
-                               warn=warn)
-        if CTX.json:
-            emit_json({"ok": True, **res})
-        else:
-            say(f"OK: restored backup {res['backup']}; Overleaf is at {res['version']}"
-                + ("." if res["started"] else " (services left stopped: bin/up -d starts them)."))
-
-    run(go)
+    res = rollback_toolkit(toolkit, backup, backup_dir, yes=yes, start=not no_start, say=say, ask=_ask,
+                           warn=warn)
+    if CTX.json:
+        emit_json({"ok": True, **res})
+    else:
+        say(f"OK: restored backup {res['backup']}; Overleaf is at {res['version']}"
+            + ("." if res["started"] else " (services left stopped: bin/up -d starts them)."))
 
 
+@command
 def status(toolkit: Path = ToolkitOpt,
            json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout.")) -> None:
     """Current version, where the upgrade stands, its journal and backups."""
     from importer.upgrade import status as do_status
 
-    CTX.json = CTX.json or json_out
 
-    def go() -> None:
-        st = do_status(toolkit)
-        if CTX.json:
-            emit_json(st)
-            return
-        say(f"Toolkit {st['toolkit']}: Overleaf {st['version']} ({st['edition']}), MongoDB {st['mongo']}, Redis {st['redis']}")
-        j = st["journal"]
-        if not j:
-            say("No upgrade recorded.")
-        else:
-            state = "finished " + j["finished"] if j["finished"] else f"next step: {j['next']}"
-            say(f"Upgrade {j['from']} -> {j['to']} (bundle {j['bundle_id']}): {j['done']}/{j['total']} steps done; {state}")
-            for s in j["steps"]:
-                say(f"  {s['status']:8s} {s['id']}" + (f"  ({s['note'].splitlines()[0]})" if s.get("note") else ""))
-        for b in st["backups"]:
-            say(f"  backup {b['id']}: {b['bytes'] / 1e6:.1f} MB, {b['files']} files"
-                + ("" if b["exists"] else " (MISSING)") + f"  {b['path']}")
-
-    run(go)
+    st = do_status(toolkit)
+    if CTX.json:
+        emit_json(st)
+        return
+    say(f"Toolkit {st['toolkit']}: Overleaf {st['version']} ({st['edition']}), MongoDB {st['mongo']}, Redis {st['redis']}")
+    j = st["journal"]
+    if not j:
+        say("No upgrade recorded.")
+    else:
+        state = "finished " + j["finished"] if j["finished"] else f"next step: {j['next']}"
+        say(f"Upgrade {j['from']} -> {j['to']} (bundle {j['bundle_id']}): {j['done']}/{j['total']} steps done; {state}")
+        for s in j["steps"]:
+            say(f"  {s['status']:8s} {s['id']}" + (f"  ({s['note'].splitlines()[0]})" if s.get("note") else ""))
+    for b in st["backups"]:
+        say(f"  backup {b['id']}: {b['bytes'] / 1e6:.1f} MB, {b['files']} files"
+            + ("" if b["exists"] else " (MISSING)") + f"  {b['path']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,9 +1,10 @@
 """What both command-line tools share: clean errors, --json output, progress bars.
 
-Commands call :func:`run` with a function; an :class:`AirgapError` becomes a
-two-line message on stderr (what is wrong, what to do) and its exit code; any other
-exception becomes exit code 1 with a one-line summary. ``--verbose`` adds the
-traceback. With ``--json`` the error is printed as a JSON object on stdout too.
+Every command is decorated with :func:`command` (which calls :func:`run`): an
+:class:`AirgapError` becomes a two-line message on stderr (what is wrong, what to do) and
+its exit code; any other exception becomes exit code 1 with a one-line summary.
+``--verbose`` adds the traceback. With ``--json`` the error is printed as a JSON object on
+stdout too.
 
 Terminal safety: a string that came from a bundle, a file name or host state may hold
 escape sequences that repaint the terminal (a fake "Signature: good"). Wrap every such
@@ -17,11 +18,12 @@ the line breaks the message itself is made of). ``--json`` output is left exact:
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from .errors import AirgapError, DiskSpaceError, Interrupted
 
@@ -122,6 +124,27 @@ def run(fn: Callable[[], Any]) -> Any:
             _fail(Interrupted(*_INTERRUPTED), err)
         _fail(AirgapError(f"unexpected error: {type(err).__name__}: {safe(err)}",
                           "Run again with --verbose and report the output."), err)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def command(fn: F) -> F:
+    """Decorate a Typer command: its ``json_out`` option (``--json`` after the command's name) joins the
+    global one, and its whole body runs under :func:`run` (clean errors, documented exit codes). The
+    signature is the command's own (``functools.wraps``), so Typer sees its options unchanged.
+
+        @app.command()
+        @command
+        def status(json_out: bool = JsonOpt) -> None: ...
+    """
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("json_out"):
+            CTX.json = True
+        return run(lambda: fn(*args, **kwargs))
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _os_error(err: OSError) -> AirgapError:

@@ -220,3 +220,24 @@ def test_every_command_takes_json_and_every_option_has_help(tool, app):
         if not any("--json" in p.opts for p in options):
             no_json.append(f"{tool} {name}")
     assert not missing and not no_json, (missing, no_json)
+
+
+@pytest.mark.parametrize("tool,app", [("overleaf-bundle", bundle_app), ("overleaf-import", import_app)])
+def test_every_command_runs_under_the_one_error_wrapper(tool, app):
+    """Each command's callback is :func:`manifests.console.command`'s wrapper around the command's own
+    function (so every failure gets its message, hint and exit code the same way), with Typer seeing the
+    command's own parameters; no command keeps a hand-made ``def go(): ... run(go)`` copy."""
+    from manifests import console
+
+    for name, cmd in _commands(app):
+        if name == "(global)":
+            continue
+        chain, fn = [], cmd.callback   # Typer's own wrapper, ours, the command's function
+        while fn is not None:
+            chain.append(fn)
+            fn = getattr(fn, "__wrapped__", None)
+        codes = [f.__code__ for f in chain]
+        assert console.command(lambda: None).__code__ in codes, f"{tool} {name}: not under console.command"
+        assert "json_out" in chain[-1].__code__.co_varnames, f"{tool} {name}"
+    for path in ("bundler/cli.py", "bundler/cli_build.py", "importer/cli.py", "importer/cli_upgrade.py"):
+        assert "run(go)" not in (REPO / path).read_text(), path
