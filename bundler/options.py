@@ -21,6 +21,7 @@ from manifests.errors import UsageError
 from manifests.planner import PlanRequest
 from manifests.toolkit_config import read_toolkit
 
+EDITIONS = ("ce", "pro")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output on stdout (same as the global --json).")
 
 FromOpt = typer.Option(None, "--from", metavar="VERSION",
@@ -43,7 +44,11 @@ AllowRcOpt = typer.Option(False, "--allow-rc", help="Allow release candidates.")
 def plan_request(from_: Optional[str], to: str, edition: Optional[str], git_bridge: Optional[bool],
                  tls_proxy: Optional[bool], texlive: Optional[List[str]], mongo: Optional[str],
                  redis: Optional[str], toolkit: Optional[Path], allow_rc: bool) -> PlanRequest:
-    """The plan request of these options; UsageError (exit 2) when neither --from nor --toolkit is given."""
+    """The plan request of these options; UsageError (exit 2) when neither --from nor --toolkit is given, or
+    when --edition is neither ce nor pro."""
+    if edition is not None and edition not in EDITIONS:
+        raise UsageError(f"--edition {edition!r}: not an edition",
+                         "Use --edition ce (Community Edition) or --edition pro (Server Pro).")
     base: dict = {}
     if toolkit is not None:
         base = read_toolkit(toolkit).plan_options()

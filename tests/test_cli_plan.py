@@ -39,6 +39,9 @@ def test_plan_human_output_lists_steps_and_images():
     (["plan", "--from", "1.0"], 3, "not an Overleaf version"),
     (["plan", "--from", "5.5.4", "--texlive", "2025.1"], 3, "Server Pro"),
     (["plan", "--toolkit", "/nonexistent"], 30, "Overleaf Toolkit"),
+    (["plan", "--from", "5.5.4", "--edition", "xx"], 2, "--edition 'xx': not an edition"),   # like any bad option
+    (["build", "--from", "5.5.4", "--edition", "xx", "--out", "/nonexistent/b", "--key", "/nonexistent/k"], 2,
+     "--edition 'xx': not an edition"),
 ])
 def test_plan_errors_are_clean(args, code, text):
     out = cli(*args)
