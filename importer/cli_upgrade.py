@@ -4,6 +4,7 @@
     overleaf-import rollback --toolkit DIR [--backup ID]
     overleaf-import status --toolkit DIR
     overleaf-import rehearse BUNDLE_DIR --toolkit DIR [--keep] [--sandbox DIR]
+    overleaf-import estimate BUNDLE_DIR --toolkit DIR [--backup-dir DIR]
 
 The work is done by :mod:`importer.upgrade` (and the modules behind it); this module parses
 the options, asks the admin's questions and prints.
@@ -173,6 +174,38 @@ def rehearse(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="
     run(go)
 
 
+def _verify_front(bundle_dir: Path, trust: Optional[List[Path]], parts_from: Optional[List[Path]],
+                  allow_expired: bool, allow_downgrade: bool) -> Callable[[bool], Any]:
+    verified, _load = _front_ends()
+    return lambda stream: verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade, stream_parts=stream)
+
+
+def estimate(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="The bundle folder (with manifest.json)."),
+             toolkit: Path = ToolkitOpt,
+             trust: Optional[List[Path]] = typer.Option(None, "--trust", metavar="PUBKEY", help="Trusted public key; repeatable."),
+             parts_from: Optional[List[Path]] = typer.Option(None, "--parts-from", metavar="DIR", help="More part folders."),
+             allow_expired: bool = typer.Option(False, "--allow-expired", help="Accept a bundle past its expiry date (with a warning)."),
+             allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Accept a bundle older than the last one this host accepted (with a warning)."),
+             backup_dir: Optional[Path] = typer.Option(None, "--backup-dir", help="Where the upgrade's backups will go (default: TOOLKIT-backups beside the Toolkit): its free space is checked."),
+             json_out: bool = typer.Option(False, "--json", help="Print the estimate as JSON on stdout.")) -> None:
+    """Estimate each plan step's downtime and disk from the site's own data, with the rate behind each figure."""
+    from importer.upgrade import estimate_toolkit
+    from importer.upgrade.estimate import text_lines
+
+    CTX.json = CTX.json or json_out
+    verify = _verify_front(bundle_dir, trust, parts_from, allow_expired, allow_downgrade)
+
+    def go() -> None:
+        est = estimate_toolkit(toolkit, verify=verify, backup_dir=backup_dir)
+        if CTX.json:
+            emit_json({"ok": True, **est.to_dict()})
+            return
+        for line in text_lines(est):
+            say(line)
+
+    run(go)
+
+
 def rollback(toolkit: Path = ToolkitOpt,
              backup: Optional[str] = typer.Option(None, "--backup", metavar="ID", help="Backup to restore (default: the one before the last major step)."),
              backup_dir: Optional[Path] = typer.Option(None, "--backup-dir", help="Where the backups are."),
@@ -226,11 +259,12 @@ def status(toolkit: Path = ToolkitOpt,
 
 def register(app: typer.Typer, *, verified: Callable[..., Any] | None = None,
              load: Callable[..., Any] | None = None) -> None:
-    """Add ``upgrade``, ``rehearse``, ``rollback`` and ``status`` to ``app``. ``verified``/``load``: the verify and load
+    """Add ``upgrade``, ``rehearse``, ``estimate``, ``rollback`` and ``status`` to ``app``. ``verified``/``load``: the verify and load
     front ends the upgrade shares with ``overleaf-import load`` (default: importer.cli's, looked up when the
     command runs)."""
     _SHARED.update({k: v for k, v in (("verified", verified), ("load", load)) if v is not None})
     app.command()(upgrade)
     app.command()(rehearse)
+    app.command()(estimate)
     app.command()(rollback)
     app.command()(status)
