@@ -5,6 +5,7 @@
     overleaf-import status --toolkit DIR
     overleaf-import rehearse BUNDLE_DIR --toolkit DIR [--keep] [--sandbox DIR]
     overleaf-import estimate BUNDLE_DIR --toolkit DIR [--backup-dir DIR]
+    overleaf-import report BUNDLE_DIR --toolkit DIR [--html FILE] [--markdown FILE]
 
 The work is done by :mod:`importer.upgrade` (and the modules behind it); this module parses
 the options, asks the admin's questions and prints.
@@ -206,6 +207,39 @@ def estimate(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="
     run(go)
 
 
+def report(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="The bundle folder (with manifest.json)."),
+           toolkit: Path = ToolkitOpt,
+           html: Optional[Path] = typer.Option(None, "--html", metavar="FILE", help="Write the report as one self-contained HTML page."),
+           markdown: Optional[Path] = typer.Option(None, "--markdown", metavar="FILE", help="Write the report as Markdown."),
+           trust: Optional[List[Path]] = typer.Option(None, "--trust", metavar="PUBKEY", help="Trusted public key; repeatable."),
+           parts_from: Optional[List[Path]] = typer.Option(None, "--parts-from", metavar="DIR", help="More part folders."),
+           allow_expired: bool = typer.Option(False, "--allow-expired", help="Accept a bundle past its expiry date (with a warning)."),
+           allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Accept a bundle older than the last one this host accepted (with a warning)."),
+           backup_dir: Optional[Path] = typer.Option(None, "--backup-dir", help="Where the upgrade's backups will go (default: TOOLKIT-backups beside the Toolkit)."),
+           json_out: bool = typer.Option(False, "--json", help="Print a summary as JSON on stdout.")) -> None:
+    """A change report for a change board: plan, images, estimates, rehearsal, preflight, risks, rollback points."""
+    from manifests.errors import UsageError
+    from importer.upgrade import report_toolkit, write_report
+
+    CTX.json = CTX.json or json_out
+    verify = _verify_front(bundle_dir, trust, parts_from, allow_expired, allow_downgrade)
+
+    def go() -> None:
+        if html is None and markdown is None:
+            raise UsageError("report needs --html FILE and/or --markdown FILE", "Say where the report goes.")
+        rep = report_toolkit(toolkit, verify=verify, backup_dir=backup_dir)
+        written = write_report(rep, html=html, markdown=markdown)
+        if CTX.json:
+            emit_json({"ok": True, "written": [str(p) for p in written], **rep.to_dict()})
+            return
+        for p in written:
+            say(f"Wrote {p}")
+        say(f"OK: {len(rep.steps)} steps, {len(rep.images)} images, {len(rep.problems)} preflight problem(s), "
+            f"{len(rep.risks)} risk(s), {len(rep.rollback)} rollback point(s)")
+
+    run(go)
+
+
 def rollback(toolkit: Path = ToolkitOpt,
              backup: Optional[str] = typer.Option(None, "--backup", metavar="ID", help="Backup to restore (default: the one before the last major step)."),
              backup_dir: Optional[Path] = typer.Option(None, "--backup-dir", help="Where the backups are."),
@@ -259,12 +293,13 @@ def status(toolkit: Path = ToolkitOpt,
 
 def register(app: typer.Typer, *, verified: Callable[..., Any] | None = None,
              load: Callable[..., Any] | None = None) -> None:
-    """Add ``upgrade``, ``rehearse``, ``estimate``, ``rollback`` and ``status`` to ``app``. ``verified``/``load``: the verify and load
+    """Add ``upgrade``, ``rehearse``, ``estimate``, ``report``, ``rollback`` and ``status`` to ``app``. ``verified``/``load``: the verify and load
     front ends the upgrade shares with ``overleaf-import load`` (default: importer.cli's, looked up when the
     command runs)."""
     _SHARED.update({k: v for k, v in (("verified", verified), ("load", load)) if v is not None})
     app.command()(upgrade)
     app.command()(rehearse)
     app.command()(estimate)
+    app.command()(report)
     app.command()(rollback)
     app.command()(status)

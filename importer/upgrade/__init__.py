@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from manifests.errors import HealthCheckError, PausedForCheck, PreflightError, StepFailed, ToolkitError
+from manifests.errors import AirgapError, HealthCheckError, PausedForCheck, PreflightError, StepFailed, ToolkitError
 from manifests.toolkit_config import read_toolkit
 
 from importer.images import engine as eng
@@ -56,6 +56,7 @@ from importer.upgrade.rehearse import RehearseOptions, rehearse
 from importer.upgrade.rehearsal_record import RehearsalRecord, latest_record
 from importer.upgrade.estimate import Estimate, estimate_plan
 from importer.upgrade.site import read_site
+from importer.upgrade.report import ChangeReport, gather_report, write_report
 from importer.upgrade.runner import Upgrader, pull_settings_needed, rc_needs_rename, run_upgrade
 from importer.upgrade.journal import Audit, Journal, ToolkitLock
 from importer.upgrade.toolkit import check_config_files
@@ -65,7 +66,7 @@ from importer.upgrade.base import (Context, RunStep, UpgradeOptions, data_source
 from importer.images.verify import VerifiedBundle
 
 __all__ = [
-    "Context", "DryRun", "Estimate", "estimate_toolkit", "RehearseOptions", "rehearse_toolkit", "HealthCheckError", "PausedForCheck", "PreflightError", "RunStep", "StepFailed",
+    "ChangeReport", "Context", "DryRun", "Estimate", "estimate_toolkit", "report_toolkit", "write_report", "RehearseOptions", "rehearse_toolkit", "HealthCheckError", "PausedForCheck", "PreflightError", "RunStep", "StepFailed",
     "UpgradeOptions", "UpgradeOutcome", "Upgrader", "assumed_images", "capability_problems", "check_resume_plan",
     "choose_backup", "config_problems", "data_path_problems", "data_sources", "describe", "not_covered",
     "plan_steps", "preflight", "pull_settings_needed", "rc_needs_rename", "remaining_steps", "rollback",
@@ -195,6 +196,23 @@ def estimate_toolkit(toolkit: Path, *, verify: Callable[[bool], VerifiedBundle],
     est = estimate_plan(m, steps, facts, record, path.name if path else None)
     est.notes += skipped
     return est
+
+
+def report_toolkit(toolkit: Path, *, verify: Callable[[bool], VerifiedBundle],
+                   backup_dir: Path | None = None) -> ChangeReport:
+    """Verify the bundle as :func:`estimate_toolkit` does, then gather the change report
+    (:func:`importer.upgrade.report.gather_report`: the estimate, the rehearsal record, the preflight as a dry
+    run; reads only). An engine that does not answer is said in the report."""
+    root = toolkit.resolve()
+    check_config_files(root)
+    cfg = read_toolkit(root)
+    vb = verify(True)
+    client, why = None, None
+    try:
+        client = eng.connect()
+    except AirgapError as err:
+        why = err.message
+    return gather_report(root, vb, cfg, client, backup_dir=backup_dir, client_error=why)
 
 
 def rollback_toolkit(toolkit: Path, wanted: str | None, backup_dir: Path | None, *, yes: bool, start: bool,
