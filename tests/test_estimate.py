@@ -9,10 +9,15 @@ filestore's bytes, before the estimate reads them. The pure tests check the arit
 """
 from __future__ import annotations
 
+import html
 import json
 import os
+import shutil
+import struct
 import subprocess
 import sys
+import zlib
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -240,3 +245,161 @@ def test_a_rehearsal_of_the_same_bundle_gives_the_measured_backup_rate_and_timin
     assert "rehearsal record 20261206t223000.json" in "\n".join(text_lines(est))
     wrong = estimate_plan(Manifest(plan), steps, facts_for("5.0.2"))
     assert wrong.notes and "config/version is 5.0.2" in wrong.notes[0]
+
+
+# --- the change report (issue 16 part 3), rendered by a real headless Chromium -------------------------------
+HEADINGS = ["Summary", "Plan steps", "Images", "Estimates", "Rehearsal", "Preflight", "Risks", "Rollback points"]
+HOSTILE = "<b>sandbox</b><img src=x onerror=alert(1)>"
+HEADER_RGB = (0x1F, 0x3A, 0x5F)    # the page's header colour (importer/upgrade/report.py CSS)
+
+
+class Dom(HTMLParser):
+    """Headings, table rows (cell texts) and element names of a DOM dump."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.h2, self.rows, self.tags, self.text = [], [], set(), []
+        self._in, self._cell, self._row = None, None, None
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        if tag in ("h1", "h2"):
+            self._in = tag
+            self.text = []
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag == "h2" and self._in == "h2":
+            self.h2.append("".join(self.text).strip())
+            self._in = None
+        elif tag in ("td", "th") and self._cell is not None and self._row is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self.rows.append(self._row)
+            self._row = None
+
+    def handle_data(self, data):
+        if self._in:
+            self.text.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess:
+    binary = shutil.which("chromium")
+    assert binary, "chromium is not installed (tests/setup.sh installs it)"
+    return subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
+                          capture_output=True, text=True, timeout=180)
+
+
+def png_pixels(path: Path) -> tuple[int, int, list[bytes]]:
+    """(width, height, rows of RGB bytes) of an 8-bit RGB or RGBA PNG, decoded with zlib and struct only."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, width = 8, b"", 0
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, color = struct.unpack(">IIBB", body[:10])
+            assert depth == 8 and color in (2, 6), (depth, color)
+            bpp = 3 if color == 2 else 4
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    raw = zlib.decompress(idat)
+    stride = width * bpp
+    out, prev = [], bytearray(stride)
+    for y in range(height):
+        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        if f == 1:
+            for i in range(bpp, stride):
+                line[i] = (line[i] + line[i - bpp]) & 0xFF
+        elif f == 2:
+            line = bytearray((a + b) & 0xFF for a, b in zip(line, prev))
+        elif f == 3:
+            for i in range(stride):
+                line[i] = (line[i] + ((line[i - bpp] if i >= bpp else 0) + prev[i]) // 2) & 0xFF
+        elif f == 4:
+            for i in range(stride):
+                a, b, c = (line[i - bpp] if i >= bpp else 0), prev[i], (prev[i - bpp] if i >= bpp else 0)
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
+        out.append(bytes(line))
+        prev = line
+    if bpp == 3:
+        return width, height, out
+    return width, height, [b"".join(r[i:i + 3] for i in range(0, stride, 4)) for r in out]
+
+
+def test_the_change_report_renders_in_a_real_browser_with_every_section(site, estimate_bundle, tmp_path):
+    tk, env = site
+    plan = estimate_bundle.plan
+    record = RehearsalRecord.new(estimate_bundle.manifest.bundle_id, FROM, TO, sandbox=f"/srv/{HOSTILE}")
+    record.ok, record.backup_seconds, record.backup_bytes, record.health_seconds = True, 4.0, 50_000_000, 2.5
+    for step, seconds in zip(plan["steps"], (4.5, 97.0, 33.25)):
+        record.add_step(StepTiming(step["id"], step["kind"], step["description"], "done", seconds))
+    record.save(tk.root)
+    before = {k: v for k, v in toolkit_checksums(tk.root).items() if k != COMMANDS_LOG}
+    page, notes = tmp_path / "change.html", tmp_path / "change.md"
+    out = importer(env, "--json", "report", str(estimate_bundle.path), "--toolkit", os.fspath(tk), "--trust",
+                   str(estimate_bundle.pub), "--html", str(page), "--markdown", str(notes))
+    assert out.returncode == 0, out.stdout + out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["steps"] == STEP_IDS and doc["rollback_points"] == ["01-backup-point"] and doc["problems"] == []
+    assert {k: v for k, v in toolkit_checksums(tk.root).items() if k != COMMANDS_LOG} == before   # reads only
+    text = page.read_text()
+    # self-contained: no script, no link, no resource from anywhere; the hostile text only escaped
+    for banned in ("<script", "<link", "src=", "@import", "url(", "http://", "https://"):
+        assert banned not in text.replace("&lt;img src=x", ""), banned
+    assert HOSTILE not in text and html.escape(HOSTILE) in text
+    # the DOM Chromium built from it
+    dump = chromium("--dump-dom", page.as_uri())
+    assert dump.returncode == 0, dump.stderr[-2000:]
+    dom = Dom()
+    dom.feed(dump.stdout)
+    assert dom.h2 == HEADINGS
+    assert "img" not in dom.tags and "b" not in dom.tags and "script" not in dom.tags
+    cells = {r[0]: r for r in dom.rows if r}
+    assert [r[1] for r in dom.rows if len(r) == 6 and r[0] in ("1", "2", "3")] == STEP_IDS     # plan steps
+    for image in estimate_bundle.manifest.images:                                               # images
+        row = cells[image.ref]
+        assert row[1] == image.manifest_digest and row[2] == image.id and f"{image.size:,} bytes" in row[5]
+    est = [r for r in dom.rows if len(r) == 6 and r[0] == "02-migration-doc_version_recovery"][0]   # estimates
+    assert est[1] == "2 min 30 s" and "25,000 projects / 10,000 projects per minute" in est[2]
+    assert est[5] == "1 min 37 s"                                                                # rehearsed
+    assert cells["doc_version_recovery"][4] == "Schedule downtime (about 10k small projects per minute)."
+    assert [r for r in dom.rows if r[:3] == ["03-app-5.0.3", "done", "33.2"]]                   # rehearsal
+    assert cells["total"][1:] == ["ok", f"{record.total_seconds:.1f}"]
+    assert any("Never downgrade" in r[1] or "disconnect users" in r[1] for r in dom.rows if len(r) == 2)
+    assert cells["01-backup-point"][1].startswith("Overleaf 5.0.1, MongoDB 5.0, Redis 6.2")    # rollback point
+    assert "No problem found: the upgrade would start." in dump.stdout
+    assert f"sandbox /srv/{HOSTILE}" in html.unescape(dump.stdout.split("Record ", 1)[1].split("</p>")[0])
+    # a screenshot of it that is not blank: the header's colour and many other pixels
+    shot = tmp_path / "out.png"
+    res = chromium("--screenshot=" + str(shot), "--window-size=1200,2000", page.as_uri())
+    assert res.returncode == 0 and shot.is_file(), res.stderr[-2000:]
+    width, height, pixels = png_pixels(shot)
+    assert (width, height) == (1200, 2000)
+    header = sum(1 for r in pixels[:80] for i in range(0, len(r), 3) if r[i:i + 3] == bytes(HEADER_RGB))
+    assert header > width * 40, header
+    white = bytes((255, 255, 255))
+    inked = sum(1 for r in pixels for i in range(0, len(r), 3) if r[i:i + 3] != white)
+    assert inked > 0.05 * width * height, inked
+    # the Markdown form: the same sections and rows, the hostile text escaped
+    md = notes.read_text()
+    assert [line[3:] for line in md.splitlines() if line.startswith("## ")] == HEADINGS
+    assert "| 2 | 02-migration-doc\\_version\\_recovery | migration |" in md
+    assert HOSTILE not in md and "&lt;b&gt;sandbox&lt;/b&gt;" in md
+
+
+def test_a_report_without_a_file_to_write_is_a_usage_error(site, estimate_bundle):
+    tk, env = site
+    out = importer(env, "--json", "report", str(estimate_bundle.path), "--toolkit", os.fspath(tk), "--trust",
+                   str(estimate_bundle.pub))
+    assert out.returncode == 2 and "--html" in json.loads(out.stdout)["error"]
