@@ -190,8 +190,7 @@ def estimate(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="
              backup_dir: Optional[Path] = typer.Option(None, "--backup-dir", help="Where the upgrade's backups will go (default: TOOLKIT-backups beside the Toolkit): its free space is checked."),
              json_out: bool = typer.Option(False, "--json", help="Print the estimate as JSON on stdout.")) -> None:
     """Estimate each plan step's downtime and disk from the site's own data, with the rate behind each figure."""
-    from importer.upgrade import estimate_toolkit
-    from importer.upgrade.estimate import text_lines
+    from importer.upgrade import estimate_toolkit, text_lines
 
     CTX.json = CTX.json or json_out
     verify = _verify_front(bundle_dir, trust, parts_from, allow_expired, allow_downgrade)

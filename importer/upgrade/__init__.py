@@ -54,7 +54,7 @@ from importer.upgrade.preflight import (assumed_images, capability_problems, che
 from importer.upgrade.rollback import choose_backup, rollback, status
 from importer.upgrade.rehearse import RehearseOptions, rehearse
 from importer.upgrade.rehearsal_record import RehearsalRecord, latest_record
-from importer.upgrade.estimate import Estimate, estimate_plan
+from importer.upgrade.estimate import Estimate, estimate_plan, text_lines
 from importer.upgrade.site import read_site
 from importer.upgrade.report import ChangeReport, gather_report, write_report
 from importer.upgrade.runner import Upgrader, pull_settings_needed, rc_needs_rename, run_upgrade
@@ -66,7 +66,7 @@ from importer.upgrade.base import (Context, RunStep, UpgradeOptions, data_source
 from importer.images.verify import VerifiedBundle
 
 __all__ = [
-    "ChangeReport", "Context", "DryRun", "Estimate", "estimate_toolkit", "report_toolkit", "write_report", "RehearseOptions", "rehearse_toolkit", "HealthCheckError", "PausedForCheck", "PreflightError", "RunStep", "StepFailed",
+    "ChangeReport", "Context", "DryRun", "Estimate", "estimate_toolkit", "report_toolkit", "text_lines", "write_report", "RehearseOptions", "rehearse_toolkit", "HealthCheckError", "PausedForCheck", "PreflightError", "RunStep", "StepFailed",
     "UpgradeOptions", "UpgradeOutcome", "Upgrader", "assumed_images", "capability_problems", "check_resume_plan",
     "choose_backup", "config_problems", "data_path_problems", "data_sources", "describe", "not_covered",
     "plan_steps", "preflight", "pull_settings_needed", "rc_needs_rename", "remaining_steps", "rollback",
