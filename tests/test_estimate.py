@@ -403,3 +403,45 @@ def test_a_report_without_a_file_to_write_is_a_usage_error(site, estimate_bundle
     out = importer(env, "--json", "report", str(estimate_bundle.path), "--toolkit", os.fspath(tk), "--trust",
                    str(estimate_bundle.pub))
     assert out.returncode == 2 and "--html" in json.loads(out.stdout)["error"]
+
+
+def test_an_external_mongodb_is_counted_through_the_app_and_mongo_url(offline_engine, estimate_bundle, tmp_path):
+    """MONGO_ENABLED=false: the Toolkit runs no mongo container; the counts come from a one-off app container
+    connecting to MONGO_URL (the stand-in app's node counts the external stand-in's collection files)."""
+    env = offline_engine.env(compose=classic_compose())
+    remove_toolkit_containers(offline_engine)
+    clear_stale_tags(offline_engine, estimate_bundle)
+    seed_overleaf_path(offline_engine, [FROM], mongo=["5.0"], redis=["6.2"])
+    project = "overleaf-estext"
+    subprocess.run(["docker", "network", "create", "--label", "com.docker.compose.network=default",
+                    "--label", f"com.docker.compose.project={project}", f"{project}_default"], env=env,
+                   capture_output=True)
+    ext = tmp_path / "ext-mongo-data"
+    (ext / "collections").mkdir(parents=True)
+    for name, n in (("projects", 12), ("docs", 34), ("users", 5), ("fileRefs", 6)):
+        (ext / "collections" / name).write_text("".join(f"{name}{i}\n" for i in range(n)))
+    tk = make_toolkit(tmp_path, FROM, engine=env, mongo="5.0", redis="6.2", project_name=project,
+                      rc={"MONGO_ENABLED": "false"}, variables={"OVERLEAF_MONGO_URL": "mongodb://ext-mongo/sharelatex"})
+    try:
+        subprocess.run(["docker", "run", "-d", "--name", "ext-mongo", "--network", f"{project}_default",
+                        "-v", f"{ext}:/data/db", "mongo:5.0"], env=env, check=True, capture_output=True)
+        subprocess.run([str(tk.root / "bin" / "docker-compose"), "up", "-d", "redis"], cwd=tk.root,
+                       env={**env, "OVERLEAF_SKIP_RETRACTION_CHECK": FROM}, check=True, capture_output=True)
+        assert "mongo" not in tk.states()
+        imp = {**env, "OVERLEAF_AIRGAP_STATE": str(tmp_path / "state.json"),
+               "OVERLEAF_AIRGAP_TRUST_DIR": str(tmp_path / "no-trust-dir")}
+        out = estimate(imp, estimate_bundle, tk, "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        doc = json.loads(out.stdout)
+        assert doc["site"]["counts"] == {"projects": 12, "docs": 34, "users": 5, "files": 6}
+        assert "MONGO_URL" in doc["site"]["counts_via"] and "mongo" not in doc["site"]["paths"]
+        assert any("MongoDB is external" in x for x in doc["unmeasured"])
+        assert doc["steps"][1]["downtime"]["value"] == pytest.approx(12 / (10_000 / 60))
+        subprocess.run(["docker", "stop", "-t", "1", "ext-mongo"], env=env, check=True, capture_output=True)
+        out = estimate(imp, estimate_bundle, tk, "--json")
+        assert out.returncode == 34, out.stdout + out.stderr
+        assert "external MongoDB (MONGO_URL) does not answer" in json.loads(out.stdout)["error"]
+    finally:
+        tk.down()
+        subprocess.run(["docker", "rm", "-f", "-v", "ext-mongo"], env=env, capture_output=True)
+        subprocess.run(["docker", "network", "rm", f"{project}_default"], env=env, capture_output=True)
