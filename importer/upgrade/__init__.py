@@ -195,6 +195,10 @@ def estimate_toolkit(toolkit: Path, *, verify: Callable[[bool], VerifiedBundle],
     record, path, skipped = latest_record(root, m.bundle_id)
     est = estimate_plan(m, steps, facts, record, path.name if path else None)
     est.notes += skipped
+    journal = Journal.load(root)
+    if journal is not None and not journal.finished:
+        est.notes.append(f"an upgrade of this Toolkit is under way ({journal.done_count()}/{len(journal.steps)} steps "
+                         "done): the figures are for the whole plan on the site as it is now")
     return est
 
 
