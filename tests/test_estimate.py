@@ -16,6 +16,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from html.parser import HTMLParser
 from pathlib import Path
@@ -161,6 +162,18 @@ def test_a_stopped_mongodb_exits_34_and_changes_nothing(site, estimate_bundle):
     assert tk.states()["mongo"].status == "exited"                # and nothing was started again
     text = estimate(env, estimate_bundle, tk)
     assert text.returncode == 34 and "error: the site's MongoDB does not answer" in text.stderr
+    # MongoDB back, Redis stopped: the same refusal for Redis
+    subprocess.run(["docker", "start", "mongo"], env=env, check=True, capture_output=True)
+    deadline = time.monotonic() + 30
+    while subprocess.run(["docker", "exec", "mongo", "mongo", "--quiet", "--eval", "db.adminCommand({ ping: 1 })"],
+                         env=env, capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline, "the mongo stand-in did not come back"
+        time.sleep(0.5)
+    subprocess.run(["docker", "stop", "-t", "1", "redis"], env=env, check=True, capture_output=True)
+    out = estimate(env, estimate_bundle, tk, "--json")
+    assert out.returncode == 34, out.stdout + out.stderr
+    assert "Redis does not answer" in json.loads(out.stdout)["error"]
+    assert tk.states()["redis"].status == "exited"
 
 
 def test_an_unknown_bundle_is_not_read_before_its_signature(site, estimate_bundle, tmp_path):
