@@ -4,6 +4,8 @@
     overleaf-import rollback --toolkit DIR [--backup ID]
     overleaf-import status --toolkit DIR
     overleaf-import rehearse BUNDLE_DIR --toolkit DIR [--keep] [--sandbox DIR]
+    overleaf-import estimate BUNDLE_DIR --toolkit DIR [--backup-dir DIR]
+    overleaf-import report BUNDLE_DIR --toolkit DIR [--html FILE] [--markdown FILE]
 
 The work is done by :mod:`importer.upgrade` (and the modules behind it); this module parses
 the options, asks the admin's questions and prints.
@@ -156,6 +158,62 @@ def rehearse(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="
         f"record {path}" + (f"; sandbox kept at {record.sandbox}" if record.kept else ""))
 
 
+def _verify_front(bundle_dir: Path, trust: Optional[List[Path]], parts_from: Optional[List[Path]],
+                  allow_expired: bool, allow_downgrade: bool) -> Callable[[bool], Any]:
+    verified, _load = _front_ends()
+    return lambda stream: verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade, stream_parts=stream)
+
+
+@command
+def estimate(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="The bundle folder (with manifest.json)."),
+             toolkit: Path = ToolkitOpt,
+             trust: Optional[List[Path]] = typer.Option(None, "--trust", metavar="PUBKEY", help="Trusted public key; repeatable."),
+             parts_from: Optional[List[Path]] = typer.Option(None, "--parts-from", metavar="DIR", help="More part folders."),
+             allow_expired: bool = typer.Option(False, "--allow-expired", help="Accept a bundle past its expiry date (with a warning)."),
+             allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Accept a bundle older than the last one this host accepted (with a warning)."),
+             backup_dir: Optional[Path] = typer.Option(None, "--backup-dir", help="Where the upgrade's backups will go (default: TOOLKIT-backups beside the Toolkit): its free space is checked."),
+             json_out: bool = typer.Option(False, "--json", help="Print the estimate as JSON on stdout.")) -> None:
+    """Estimate each plan step's downtime and disk from the site's own data, with the rate behind each figure."""
+    from importer.upgrade import estimate_toolkit, text_lines
+
+    verify = _verify_front(bundle_dir, trust, parts_from, allow_expired, allow_downgrade)
+    est = estimate_toolkit(toolkit, verify=verify, backup_dir=backup_dir)
+    if CTX.json:
+        emit_json({"ok": True, **est.to_dict()})
+        return
+    for line in text_lines(est):
+        say(line)
+
+
+@command
+def report(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="The bundle folder (with manifest.json)."),
+           toolkit: Path = ToolkitOpt,
+           html: Optional[Path] = typer.Option(None, "--html", metavar="FILE", help="Write the report as one self-contained HTML page."),
+           markdown: Optional[Path] = typer.Option(None, "--markdown", metavar="FILE", help="Write the report as Markdown."),
+           trust: Optional[List[Path]] = typer.Option(None, "--trust", metavar="PUBKEY", help="Trusted public key; repeatable."),
+           parts_from: Optional[List[Path]] = typer.Option(None, "--parts-from", metavar="DIR", help="More part folders."),
+           allow_expired: bool = typer.Option(False, "--allow-expired", help="Accept a bundle past its expiry date (with a warning)."),
+           allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Accept a bundle older than the last one this host accepted (with a warning)."),
+           backup_dir: Optional[Path] = typer.Option(None, "--backup-dir", help="Where the upgrade's backups will go (default: TOOLKIT-backups beside the Toolkit)."),
+           json_out: bool = typer.Option(False, "--json", help="Print a summary as JSON on stdout.")) -> None:
+    """A change report for a change board: plan, images, estimates, rehearsal, preflight, risks, rollback points."""
+    from manifests.errors import UsageError
+    from importer.upgrade import report_toolkit, write_report
+
+    if html is None and markdown is None:
+        raise UsageError("report needs --html FILE and/or --markdown FILE", "Say where the report goes.")
+    verify = _verify_front(bundle_dir, trust, parts_from, allow_expired, allow_downgrade)
+    rep = report_toolkit(toolkit, verify=verify, backup_dir=backup_dir)
+    written = write_report(rep, html=html, markdown=markdown)
+    if CTX.json:
+        emit_json({"ok": True, "written": [str(p) for p in written], **rep.to_dict()})
+        return
+    for p in written:
+        say(f"Wrote {p}")
+    say(f"OK: {len(rep.steps)} steps, {len(rep.images)} images, {len(rep.problems)} preflight problem(s), "
+        f"{len(rep.risks)} risk(s), {len(rep.rollback)} rollback point(s)")
+
+
 @command
 def rollback(toolkit: Path = ToolkitOpt,
              backup: Optional[str] = typer.Option(None, "--backup", metavar="ID", help="Backup to restore (default: the one before the last major step)."),
@@ -165,7 +223,6 @@ def rollback(toolkit: Path = ToolkitOpt,
              json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout.")) -> None:
     """Stop services, restore a backup's data and config/ (checksums verified), start again."""
     from importer.upgrade import rollback_toolkit
-
 
     res = rollback_toolkit(toolkit, backup, backup_dir, yes=yes, start=not no_start, say=say, ask=_ask,
                            warn=warn)
@@ -181,7 +238,6 @@ def status(toolkit: Path = ToolkitOpt,
            json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout.")) -> None:
     """Current version, where the upgrade stands, its journal and backups."""
     from importer.upgrade import status as do_status
-
 
     st = do_status(toolkit)
     if CTX.json:
@@ -202,8 +258,10 @@ def status(toolkit: Path = ToolkitOpt,
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``upgrade``, ``rehearse``, ``rollback`` and ``status`` to ``app``."""
+    """Add ``upgrade``, ``rehearse``, ``estimate``, ``report``, ``rollback`` and ``status`` to ``app``."""
     app.command()(upgrade)
     app.command()(rehearse)
+    app.command()(estimate)
+    app.command()(report)
     app.command()(rollback)
     app.command()(status)

@@ -14,7 +14,7 @@ returns a copy with more advice. Nothing here imports Docker or does I/O.
         raise SystemExit(err.exit_code)
 
 Exit codes by family: 1 unexpected, 2 usage, 3-5 planning and questions, 10-15 bundle trust
-and integrity, 20-25 the host's engine, registries, disk and state, 30-33 and 40 the Toolkit
+and integrity, 20-25 the host's engine, registries, disk and state, 30-35 and 40 the Toolkit
 and its upgrade, 130 interrupted.
 """
 from __future__ import annotations
@@ -262,6 +262,13 @@ class StepFailed(AirgapError):
     """An upgrade step (a migration, a service start) failed."""
 
     exit_code = 33
+
+
+class SiteReadError(AirgapError):
+    """The running site cannot be read (its MongoDB or Redis does not answer, a data path is unreadable):
+    nothing was measured and nothing was changed."""
+
+    exit_code = 34
 
 
 class RehearsalFailed(AirgapError):

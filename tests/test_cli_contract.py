@@ -49,6 +49,7 @@ EXERCISED = {
     31: "tests/test_upgrade.py::test_wrong_start_version_is_refused_before_any_change",
     32: "tests/test_upgrade.py::test_failed_health_check_reports_state_and_rollback_restores_bytes",
     33: "tests/test_rehearse.py::test_a_failing_migration_in_the_real_upgrade_exits_33_naming_the_step",
+    34: "tests/test_estimate.py::test_a_stopped_mongodb_exits_34_and_changes_nothing",
     35: "tests/test_rehearse.py::test_a_step_failing_in_the_sandbox_exits_35_and_leaves_the_real_site_as_it_was",
     40: "tests/test_upgrade_scenarios.py::test_external_mongodb_pauses_for_its_admin_then_resume_checks",
     130: "tests/test_rehearse.py::test_ctrl_c_at_the_upgrade_question_exits_130_and_changes_nothing",

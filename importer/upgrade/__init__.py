@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from manifests.errors import HealthCheckError, PausedForCheck, PreflightError, StepFailed, ToolkitError
+from manifests.errors import AirgapError, HealthCheckError, PausedForCheck, PreflightError, StepFailed, ToolkitError
 from manifests.toolkit_config import read_toolkit
 
 from importer.images import engine as eng
@@ -53,7 +53,10 @@ from importer.upgrade.preflight import (assumed_images, capability_problems, che
                         data_path_problems, preflight, remaining_steps, texlive_problems)
 from importer.upgrade.rollback import choose_backup, rollback, status
 from importer.upgrade.rehearse import RehearseOptions, rehearse
-from importer.upgrade.rehearsal_record import RehearsalRecord
+from importer.upgrade.rehearsal_record import RehearsalRecord, latest_record
+from importer.upgrade.estimate import Estimate, estimate_plan, text_lines
+from importer.upgrade.site import read_site
+from importer.upgrade.report import ChangeReport, gather_report, write_report
 from importer.upgrade.runner import Upgrader, pull_settings_needed, rc_needs_rename, run_upgrade
 from importer.upgrade.journal import Audit, Journal, ToolkitLock
 from importer.upgrade.toolkit import check_config_files
@@ -63,7 +66,7 @@ from importer.upgrade.base import (Context, RunStep, UpgradeOptions, data_source
 from importer.images.verify import VerifiedBundle
 
 __all__ = [
-    "Context", "DryRun", "RehearseOptions", "rehearse_toolkit", "HealthCheckError", "PausedForCheck", "PreflightError", "RunStep", "StepFailed",
+    "ChangeReport", "Context", "DryRun", "Estimate", "estimate_toolkit", "report_toolkit", "text_lines", "write_report", "RehearseOptions", "rehearse_toolkit", "HealthCheckError", "PausedForCheck", "PreflightError", "RunStep", "StepFailed",
     "UpgradeOptions", "UpgradeOutcome", "Upgrader", "assumed_images", "capability_problems", "check_resume_plan",
     "choose_backup", "config_problems", "data_path_problems", "data_sources", "describe", "not_covered",
     "plan_steps", "preflight", "pull_settings_needed", "rc_needs_rename", "remaining_steps", "rollback",
@@ -174,6 +177,46 @@ def rehearse_toolkit(toolkit: Path, opts: RehearseOptions, *, verify: Callable[[
     """Rehearse the bundle's upgrade on a sandbox copy of ``toolkit`` with :func:`upgrade_toolkit` itself; see
     :func:`importer.upgrade.rehearse.rehearse`. Returns the record and where it was saved."""
     return rehearse(toolkit, opts, upgrade=upgrade_toolkit, verify=verify, load=load, say=say, on_step=on_step)
+
+
+def estimate_toolkit(toolkit: Path, *, verify: Callable[[bool], VerifiedBundle],
+                     backup_dir: Path | None = None) -> Estimate:
+    """Verify the bundle (its signed manifest and files; the parts are found and sized, never read), then read the
+    site (:func:`importer.upgrade.site.read_site`: reads only) and estimate every step of the bundle's plan
+    (:func:`importer.upgrade.estimate.estimate_plan`), with the timings of this bundle's rehearsal if one was
+    recorded. SiteReadError (exit 34) when the site's databases do not answer; nothing is changed."""
+    root = toolkit.resolve()
+    check_config_files(root)
+    cfg = read_toolkit(root)
+    vb = verify(True)
+    m = vb.manifest
+    steps = plan_steps(m.plan)
+    facts = read_site(root, cfg, eng.connect(), backup_dir)
+    record, path, skipped = latest_record(root, m.bundle_id)
+    est = estimate_plan(m, steps, facts, record, path.name if path else None)
+    est.notes += skipped
+    journal = Journal.load(root)
+    if journal is not None and not journal.finished:
+        est.notes.append(f"an upgrade of this Toolkit is under way ({journal.done_count()}/{len(journal.steps)} steps "
+                         "done): the figures are for the whole plan on the site as it is now")
+    return est
+
+
+def report_toolkit(toolkit: Path, *, verify: Callable[[bool], VerifiedBundle],
+                   backup_dir: Path | None = None) -> ChangeReport:
+    """Verify the bundle as :func:`estimate_toolkit` does, then gather the change report
+    (:func:`importer.upgrade.report.gather_report`: the estimate, the rehearsal record, the preflight as a dry
+    run; reads only). An engine that does not answer is said in the report."""
+    root = toolkit.resolve()
+    check_config_files(root)
+    cfg = read_toolkit(root)
+    vb = verify(True)
+    client, why = None, None
+    try:
+        client = eng.connect()
+    except AirgapError as err:
+        why = err.message
+    return gather_report(root, vb, cfg, client, backup_dir=backup_dir, client_error=why)
 
 
 def rollback_toolkit(toolkit: Path, wanted: str | None, backup_dir: Path | None, *, yes: bool, start: bool,

@@ -133,3 +133,24 @@ class RehearsalRecord:
             return cls.from_dict(parsed)
         except ValueError as e:
             raise ToolkitError(f"{path}: the rehearsal record is malformed: {e}", hint=hint) from None
+
+
+def latest_record(toolkit: Path, bundle_id: str) -> tuple[RehearsalRecord | None, Path | None, list[str]]:
+    """The newest record of a rehearsal of ``bundle_id`` under ``toolkit`` (one that went through preferred), its
+    path, and a note for each record that could not be read (skipped)."""
+    folder = Path(toolkit) / ".overleaf-airgap" / REHEARSALS_DIR
+    found: list[tuple[RehearsalRecord, Path]] = []
+    notes: list[str] = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            rec = RehearsalRecord.load(path)
+        except ToolkitError as err:
+            notes.append(f"skipped {path.name}: {err.message}")
+            continue
+        if rec.bundle_id == bundle_id:
+            found.append((rec, path))
+    if not found:
+        return None, None, notes
+    ok = [f for f in found if f[0].ok]
+    rec, path = (ok or found)[-1]
+    return rec, path, notes

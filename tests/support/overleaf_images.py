@@ -43,7 +43,8 @@ flush-history-queues flushes 2 per run and prints ``"project_ids":N``; back_fill
 refuses while any remain); a second copy of a running migration is refused and logged in
 ``concurrent-runs.log``. flush_all.js logs JSON lines (``"failureCount":0``) and refuses
 while ``sv status real-time-overleaf`` is not down. ``node -e`` runs only the importer's
-probes (``airgapMongo``/``airgapRedis``: versions through MONGO_URL / REDIS_HOST).
+probes (``airgapMongo``/``airgapRedis``: versions through MONGO_URL / REDIS_HOST; ``airgapCounts``: the
+mongo stand-in's collection files, counted through MONGO_URL).
 
 Scripts at the real paths, run by a ``node`` stand-in (the ``.js`` files hold
 shell code): ``/overleaf/services/web/scripts/history/migrate_history.js``
@@ -63,12 +64,14 @@ shell command but the health check's ping). It refuses to start (exit 62,
 major before it; fresh data gets its own series. A replica set member is primary
 ``PRIMARY_DELAY`` seconds (file in ``/data/db``) after it started; before that
 ``setFeatureCompatibilityVersion`` fails (NotWritablePrimary) and ``db.isMaster().ismaster``
-prints false. ``db.projects.distinct("imageName")`` lists ``/data/db/project-images``. ``mongosh`` (>=5.0) and
+prints false. ``db.projects.distinct("imageName")`` lists ``/data/db/project-images``. The importer's counts
+(JS holding ``airgapCounts``) count the lines of ``/data/db/collections/{projects,docs,users,fileRefs}``. ``mongosh`` (>=5.0) and
 ``mongo`` (<6.0) apply ``setFeatureCompatibilityVersion`` with MongoDB's rules
 (only the own series or the major before; ``confirm: true`` from 7.0 on).
 
 ``redis:T``: ``redis-server`` refuses data written by a newer major (marker
-``/data/standin-written-by``); ``redis-cli ping`` -> PONG; ``redis-cli --scan --pattern P``
+``/data/standin-written-by``); ``redis-cli ping`` -> PONG; ``DBSIZE`` -> the lines of ``/data/standin-keys``,
+``INFO`` -> ``redis_version`` and ``used_memory`` (that file's bytes); ``redis-cli --scan --pattern P``
 lists the matching lines of ``/data/standin-keys``; ``/version`` on 6379.
 ``quay.io/sharelatex/git-bridge:V``, ``nginx:T`` and
 ``quay.io/sharelatex/texlive-full:T`` just stay up (nginx serves port 80).
@@ -258,6 +261,10 @@ if [ "$1" = -e ]; then # only the importer's probes: MongoDB / Redis versions as
       v=$(timeout 3 wget -qO- "http://$mhost:27017/version") || { echo "MongoServerSelectionError: connect ECONNREFUSED $mhost:27017" >&2; exit 1; }
       f=$(timeout 3 wget -qO- "http://$mhost:27017/fcv" || true)
       echo "{\"airgapMongo\":{\"version\":\"$v\",\"fcv\":\"$f\"}}" ;;
+    *airgapCounts*)
+      n() { timeout 3 wget -qO- "http://$mhost:27017/collections/$1" 2>/dev/null | grep -c . || true; }
+      timeout 3 wget -qO /dev/null "http://$mhost:27017/version" || { echo "MongoServerSelectionError: connect ECONNREFUSED $mhost:27017" >&2; exit 1; }
+      echo "{\"airgapCounts\":{\"projects\":$(n projects),\"docs\":$(n docs),\"users\":$(n users),\"files\":$(n fileRefs)}}" ;;
     *airgapRedis*)
       v=$(timeout 3 wget -qO- "http://$rhost:6379/version") || { echo "Error: connect ECONNREFUSED $rhost:6379" >&2; exit 1; }
       echo "{\"airgapRedis\":{\"version\":\"$v\"}}" ;;
@@ -542,7 +549,12 @@ primary() {
   delay=$(cat /data/db/PRIMARY_DELAY 2>/dev/null || echo 0)
   [ "$(date +%s)" -ge $(( $(cat /data/db/started-at 2>/dev/null || echo 0) + delay )) ]
 }
+count() { if [ -f "/data/db/collections/$1" ]; then grep -c . "/data/db/collections/$1" || true; else echo 0; fi; }
 case "$compact" in
+  *airgapCounts*)
+    # the importer's counts: one document per line in /data/db/collections/{projects,docs,users,fileRefs}
+    echo "{\"airgapCounts\":{\"projects\":$(count projects),\"docs\":$(count docs),\"users\":$(count users),\"files\":$(count fileRefs)}}"
+    ;;
   *setFeatureCompatibilityVersion*)
     if [ -n "$(cat /data/db/running-replset 2>/dev/null)" ] && ! primary; then
       fail 10107 NotWritablePrimary "not primary"
@@ -655,7 +667,8 @@ for arg in "$@"; do
       prefix=${pattern%\*}
       grep "^$prefix" /data/standin-keys || true
       exit 0 ;;
-    [Ii][Nn][Ff][Oo]) echo "redis_version:$version"; exit 0 ;;
+    [Ii][Nn][Ff][Oo]) echo "redis_version:$version"; echo "used_memory:$(cat /data/standin-keys 2>/dev/null | wc -c | tr -d ' ')"; exit 0 ;;
+    [Dd][Bb][Ss][Ii][Zz][Ee]) if [ -f /data/standin-keys ]; then grep -c . /data/standin-keys || true; else echo 0; fi; exit 0 ;;
   esac
 done
 echo OK
