@@ -69,6 +69,7 @@ ALL_MANIFEST_TYPES = (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_I
 
 DOCKER_HUB_API = "registry-1.docker.io"
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"   # where `docker login` keeps Hub credentials
+_REALM_HOSTS = {DOCKER_HUB: ("auth.docker.io",)}     # token services on another host trusted with the login
 
 _DIGEST_RE = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z")
 _HOST_RE = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)(?::[0-9]{1,5})?\Z")
@@ -458,6 +459,7 @@ class RegistryClient:
         self.api_host = DOCKER_HUB_API if self.host == DOCKER_HUB else host
         self.scheme = "http" if insecure or (insecure_loopback and is_loopback(self.api_host)) else "https"
         self.base = f"{self.scheme}://{self.api_host}"
+        self.origin = origin(self.base)     # the one origin that is sent credentials
         self.timeout = timeout
         self.credentials = credentials if credentials is not None else Credentials.from_docker_config()
         self._session = requests.Session()
@@ -516,29 +518,47 @@ class RegistryClient:
             self._tokens[key] = token
         return token
 
+    def _trusts_realm(self, realm: str) -> bool:
+        """True when the token service ``realm`` may see this registry's login.
+
+        Only the registry's own origin (scheme, host and port) does, and for Docker Hub its
+        token service ``https://auth.docker.io``; any other realm gets an anonymous request.
+        """
+        there = origin(realm)
+        if there == self.origin:
+            return True
+        return there[0] == "https" and there[1] in _REALM_HOSTS.get(self.host, ()) and there[2] == 443
+
     def _fetch_token(self, ch: _Challenge, scopes: Sequence[str]) -> str:
         realm = ch.params.get("realm")
         if not realm:
             raise RegistryAuthError(f"the registry {self.host} asked for a bearer token without naming a token service")
+        what = f"an access token for {self.host}"
+        self._check_url(realm, what)
+        trusted = self._trusts_realm(realm)
+        cred = self._credential() if trusted else None
         all_scopes = list(dict.fromkeys([*scopes, *(ch.params.get("scope") or "").split()]))
-        cred = self._credential()
         params: list[tuple[str, str]] = []
         if ch.params.get("service"):
             params.append(("service", ch.params["service"]))
         params += [("scope", s) for s in all_scopes if s]
-        try:
-            if cred is not None and cred.identity_token:
-                resp = self._session.post(realm, data=[*params, ("grant_type", "refresh_token"),
-                                                       ("refresh_token", cred.secret), ("client_id", "overleaf-airgap")],
-                                          timeout=self.timeout)
-            else:
-                resp = self._session.get(realm, params=params, timeout=self.timeout,
-                                         auth=(cred.username, cred.secret) if cred is not None else _NoNetrc())
-        except requests.exceptions.RequestException as exc:
-            raise self._network_error(exc, realm, f"an access token for {self.host}") from None
+        headers: dict[str, str] = {}
+        if cred is not None and cred.identity_token:
+            method, url = "POST", realm
+            data: Any = urllib.parse.urlencode([*params, ("grant_type", "refresh_token"),
+                                                ("refresh_token", cred.secret), ("client_id", "overleaf-airgap")])
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        else:
+            method, url, data = "GET", _add_query(realm, params), None
+            if cred is not None:
+                headers["Authorization"] = "Basic " + base64.b64encode(
+                    f"{cred.username}:{cred.secret}".encode()).decode()
+        resp = self._send(method, url, headers, data, False, what, auth_origin=origin(realm))
         with resp:
             if resp.status_code in (401, 403):
-                who = f"the login stored for {self.host}" if cred is not None else "anonymous access"
+                who = (f"the login stored for {self.host}" if cred is not None else "anonymous access"
+                       if trusted else f"anonymous access (no login is sent to {_host_of(realm)}: it is not the "
+                                       f"registry's own address {self.host})")
                 raise RegistryAuthError(f"the token service of {self.host} ({_host_of(realm)}) refused {who} "
                                         f"(HTTP {resp.status_code}{_error_detail(resp)})", self._login_hint())
             if resp.status_code != 200:
@@ -553,11 +573,31 @@ class RegistryClient:
             raise RegistryAuthError(f"the token service of {self.host} ({realm}) returned no token")
         return token
 
+    def _check_url(self, url: str, what: str) -> None:
+        """Refuse an address that is not http(s), or plain HTTP where the registry speaks HTTPS (no downgrade)."""
+        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise RegistryError(f"the registry {self.host} sent an address that is not http(s) for {what}: "
+                                f"{url[:200]!r}; it was not opened",
+                                "The registry (or a proxy in between) is misconfigured or hostile.")
+        if scheme == "http" and self.scheme == "https":
+            raise RegistryError(f"the registry {self.host} speaks HTTPS but sent a plain-HTTP address for {what} "
+                                f"({url[:200]}): refused, a connection is never downgraded to plain HTTP",
+                                "The registry (or a proxy in between) is misconfigured or tampered with; fix its "
+                                "configured URLs (token realm, upload locations) to https://.")
+
     def _send(self, method: str, url: str, headers: dict[str, str], data: Any, stream: bool,
-              what: str) -> requests.Response:
-        """One request, following redirects by hand: Authorization never leaves the registry's host."""
-        origin = urllib.parse.urlsplit(url)[:2]
+              what: str, *, auth_origin: tuple[str, str, int] | None) -> requests.Response:
+        """One request, following redirects by hand: ``Authorization`` is sent only to ``auth_origin``.
+
+        Every hop is checked (:meth:`_check_url`); once a redirect leaves ``auth_origin`` the
+        credentials are dropped for good, even if a later hop comes back.
+        """
         for _hop in range(8):
+            self._check_url(url, what)
+            if origin(url) != auth_origin:
+                auth_origin = None
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             try:
                 resp = self._session.request(method, url, headers=headers, data=data, stream=stream,
                                              timeout=self.timeout, allow_redirects=False)
@@ -567,8 +607,6 @@ class RegistryClient:
                     and method in ("GET", "HEAD"):
                 url = urllib.parse.urljoin(url, resp.headers["Location"])
                 resp.close()
-                if urllib.parse.urlsplit(url)[:2] != origin:
-                    headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
                 continue
             return resp
         raise RegistryError(f"the registry {self.host} redirected {what} too many times")
@@ -578,20 +616,24 @@ class RegistryClient:
                  ok: Iterable[int] = (200,)) -> requests.Response:
         """Send with the right credentials; on 401 learn the challenge, authenticate, retry once.
 
+        Credentials (a login or a token) go only to the registry's own origin: an address the
+        registry names elsewhere (an upload ``Location`` on another host or port) is sent
+        nothing, and its 401 challenge is not followed.
         ``body`` may be a callable that makes a fresh body for each attempt (for streams).
         Returns a response whose status is in ``ok`` (the caller closes it); else raises.
         """
         ok = tuple(ok)
+        own = origin(url) == self.origin
         for attempt in (0, 1):
             hdrs = dict(headers or {})
-            auth = self._auth_header(scopes)
+            auth = self._auth_header(scopes) if own else None
             if auth:
                 hdrs["Authorization"] = auth
             data = body() if callable(body) else body
-            resp = self._send(method, url, hdrs, data, stream, what)
+            resp = self._send(method, url, hdrs, data, stream, what, auth_origin=self.origin)
             if resp.status_code in ok:
                 return resp
-            if resp.status_code != 401 or attempt == 1:
+            if resp.status_code != 401 or attempt == 1 or not own:
                 break
             challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
             resp.close()
@@ -607,9 +649,12 @@ class RegistryClient:
         code = resp.status_code
         detail = _error_detail(resp)
         resp.close()
-        where = f"the registry {self.host}"
+        own = origin(resp.url or self.base) == self.origin
+        where = f"the registry {self.host}" if own else \
+            f"{_host_of(resp.url)} (an address the registry {self.host} named)"
         if code == 401:
-            who = "the stored login" if self._credential() is not None else "anonymous access"
+            who = ("no credentials (they are sent to the registry's own address only)" if not own
+                   else "the stored login" if self._credential() is not None else "anonymous access")
             return RegistryAuthError(f"{where} refused {what} with {who} (HTTP 401{detail})", self._login_hint())
         if code == 403:
             return RegistryAuthError(f"{where} denied {what} (HTTP 403{detail})", self._login_hint())
@@ -836,9 +881,10 @@ class RegistryClient:
         with resp:
             mounted = resp.status_code == 201
             location = resp.headers.get("Location")
-        if not mounted and location:   # the registry opened an upload instead: cancel it
+        cancel = urllib.parse.urljoin(self.base + "/", location) if location else ""
+        if not mounted and cancel and origin(cancel) == self.origin:   # it opened an upload instead: cancel it
             try:
-                self._request("DELETE", urllib.parse.urljoin(self.base + "/", location),
+                self._request("DELETE", cancel,
                               (f"repository:{repo}:pull,push",), what="cancel of an upload",
                               ok=(200, 202, 204, 404)).close()
             except RegistryError:
@@ -949,6 +995,28 @@ class RegistryClient:
 # --- helpers --------------------------------------------------------------------------------
 def _host_of(url: str) -> str:
     return urllib.parse.urlsplit(url).netloc or url
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """``(scheme, host, port)`` of ``url``, the port filled in (``https://Reg.lan/x`` -> ``("https", "reg.lan", 443)``).
+
+    Credentials go only to the registry's own origin: a different scheme, host or port is a
+    different origin (RFC 6454), so ``http://`` on the same host is another origin too.
+    """
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme, 0)
+
+
+def _add_query(url: str, params: Sequence[tuple[str, str]]) -> str:
+    """``url`` with ``params`` appended to its query (names may repeat: ``scope=a&scope=b``)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True) + list(params)
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
 def _with_query(url: str, **params: str) -> str:

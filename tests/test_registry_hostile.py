@@ -1,0 +1,122 @@
+"""The registry client against a compromised or broken registry (loopback servers, tests/support/hostile_registry.py).
+
+Credentials go only to the registry's own scheme, host and port; an HTTPS registry cannot
+downgrade anything to plain HTTP. Each case asserts what the foreign server received.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from manifests.distribution import Credentials, RegistryClient, origin
+from manifests.errors import RegistryAuthError, RegistryError
+from tests.support.hostile_registry import HostileRegistry, Recorder, make_tls, sha
+
+LOGIN = ("alice", "s3cret")
+
+
+def client_for(reg: HostileRegistry, **kw) -> RegistryClient:
+    """A client with a stored login for ``reg`` (HTTPS when ``reg`` speaks TLS)."""
+    return RegistryClient(reg.address, credentials=Credentials.static({reg.address: LOGIN}),
+                          insecure_loopback=reg.scheme == "http", timeout=10, **kw)
+
+
+@pytest.fixture()
+def tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    files = make_tls(tmp_path / "tls")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(files.cert))
+    return files
+
+
+def test_origin_fills_in_ports() -> None:
+    assert origin("https://Reg.LAN/v2/") == ("https", "reg.lan", 443)
+    assert origin("http://reg.lan:5000/x") == ("http", "reg.lan", 5000)
+    assert origin("http://reg.lan/") != origin("https://reg.lan/")
+
+
+@pytest.mark.parametrize("foreign_host", ["localhost", "127.0.0.1"])   # another host; the same host, another port
+def test_upload_location_elsewhere_gets_no_credentials(foreign_host: str) -> None:
+    data = b"layer bytes" * 100
+    with Recorder(status=201) as evil, HostileRegistry(users=dict([LOGIN])) as reg:
+        reg.upload_location = f"http://{foreign_host}:{evil.port}/steal/upload"
+        with client_for(reg) as c:
+            assert c.push_blob("team/app", sha(data), len(data), lambda: io.BytesIO(data)) == "uploaded"
+        assert any(m == "POST" and "Authorization" in h for m, _, h in reg.log)   # the registry got the login
+        assert [m for m, _, _ in evil.log] == ["PUT"]                             # the upload went there ...
+        assert not evil.saw_authorization()                                      # ... without any credential
+
+
+def test_https_registry_cannot_downgrade_an_upload(tls) -> None:
+    data = b"x" * 1000
+    with Recorder(status=201) as evil, HostileRegistry(users=dict([LOGIN]), tls=tls) as reg:
+        reg.upload_location = f"http://127.0.0.1:{evil.port}/plain"
+        with client_for(reg) as c, pytest.raises(RegistryError) as err:
+            c.push_blob("team/app", sha(data), len(data), lambda: io.BytesIO(data))
+        assert err.value.exit_code == 21 and "plain-HTTP" in err.value.message and "downgraded" in err.value.message
+        assert evil.log == []
+
+
+def test_cancel_of_a_foreign_upload_is_not_sent() -> None:
+    data = b"y" * 10
+    with Recorder(status=204) as evil, HostileRegistry(users=dict([LOGIN])) as reg:
+        reg.upload_location = f"http://localhost:{evil.port}/cancel-me"
+        with client_for(reg) as c:
+            assert c.mount_blob("team/app", sha(data), "team/other") is False
+        assert any(m == "POST" and "mount=" in p for m, p, _ in reg.log)
+        assert evil.log == []
+
+
+def test_foreign_upload_host_asking_for_a_login_gets_none() -> None:
+    data = b"z" * 10
+    with Recorder(status=401) as evil, HostileRegistry(users=dict([LOGIN])) as reg:
+        reg.upload_location = f"http://localhost:{evil.port}/login-please"
+        with client_for(reg) as c, pytest.raises(RegistryAuthError) as err:
+            c.push_blob("team/app", sha(data), len(data), lambda: io.BytesIO(data))
+        assert "registry's own address" in err.value.message
+        assert len(evil.log) == 1 and not evil.saw_authorization()
+
+
+def test_token_realm_on_another_host_is_asked_anonymously() -> None:
+    with Recorder(status=200, body={"token": "from-elsewhere"}) as evil, HostileRegistry(auth="bearer") as reg:
+        reg.realm = f"http://localhost:{evil.port}/token"
+        reg.manifests[("team/app", "1")] = (b'{"schemaVersion": 2}', "application/vnd.oci.image.manifest.v1+json")
+        with client_for(reg) as c:
+            assert c.get_manifest("team/app", "1").data == b'{"schemaVersion": 2}'
+        assert [p.split("?")[0] for _, p, _ in evil.log] == ["/token"]
+        assert not evil.saw_authorization()
+        assert reg.log[-1][2]["Authorization"] == "Bearer from-elsewhere"
+
+
+def test_token_realm_on_the_registry_itself_gets_the_login() -> None:
+    """The positive control: the same stand-in, its own realm, and the Basic login is sent there."""
+    with HostileRegistry(auth="bearer") as reg:
+        reg.manifests[("team/app", "1")] = (b'{"schemaVersion": 2}', "application/vnd.oci.image.manifest.v1+json")
+        with client_for(reg) as c:
+            c.get_manifest("team/app", "1")
+        token_calls = [h for _, p, h in reg.log if p.startswith("/token")]
+        assert token_calls and token_calls[0]["Authorization"].startswith("Basic ")
+
+
+def test_https_registry_naming_an_http_realm_is_refused(tls) -> None:
+    with Recorder(status=200, body={"token": "t"}) as evil, HostileRegistry(auth="bearer", tls=tls) as reg:
+        reg.realm = f"http://127.0.0.1:{evil.port}/token"
+        reg.manifests[("team/app", "1")] = (b"{}", "application/vnd.oci.image.manifest.v1+json")
+        with client_for(reg) as c, pytest.raises(RegistryError) as err:
+            c.get_manifest("team/app", "1")
+        assert err.value.exit_code == 21 and "plain-HTTP" in err.value.message
+        assert evil.log == []
+        # the same registry with an https realm of its own works (so the refusal above is the realm's)
+        reg.realm = None
+        with client_for(reg) as c:
+            assert c.get_manifest("team/app", "1").data == b"{}"
+
+
+@pytest.mark.parametrize("realm", ["file:///etc/passwd", "ftp://127.0.0.1/token"])
+def test_realm_that_is_not_http_is_not_opened(realm: str) -> None:
+    with HostileRegistry(auth="bearer") as reg:
+        reg.realm = realm
+        with client_for(reg) as c, pytest.raises(RegistryError) as err:
+            c.get_manifest("team/app", "1")
+        assert err.value.exit_code == 21 and "not http(s)" in err.value.message
