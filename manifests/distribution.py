@@ -737,6 +737,70 @@ class RegistryClient:
                                   "The registry (or a proxy) is broken or tampered with; try another mirror.")
         return FetchedManifest(bytes(data), media_type, digest, served)
 
+    def list_tags(self, repo: str, *, page_size: int = 1000, max_pages: int | None = None,
+                  warn: Callable[[str], None] | None = None) -> list[str]:
+        """Every tag of ``repo`` (``GET /v2/<repo>/tags/list``), following ``Link: <...>; rel="next"``.
+
+        A next-page link must be http(s) on this registry's own origin, else :class:`RegistryError`
+        (nothing is opened). At most ``max_pages`` pages (``LIMITS.tag_pages``) are read: beyond
+        that ``warn`` is told and the tags read so far are returned. A page that is not
+        ``{"tags": [strings]}`` is a :class:`RegistryError` quoting what the registry sent.
+        """
+        limit = max_pages if max_pages is not None else LIMITS.tag_pages
+        what = f"tags of {repo}"
+        url = f"{self._url(repo, 'tags/list').rstrip('/')}?n={page_size}"
+        tags: list[str] = []
+        for _page in range(limit):
+            resp = self._request("GET", url, (f"repository:{repo}:pull",), what=what, stream=True)
+            with resp:
+                body = self._read_json(resp, what, LIMITS.registry_json)
+                link = _next_link(resp.headers.get("Link", ""))
+            page = body.get("tags") if isinstance(body, dict) else None
+            if isinstance(body, dict) and page is None:
+                page = []                       # Distribution answers {"tags": null} for a repository without tags
+            if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
+                raise RegistryError(f"the registry {self.host} sent a malformed {what}: {_excerpt(body)}",
+                                    "Expected {\"tags\": [\"6.2.2\", ...]}; check the registry address and name.")
+            tags.extend(page)
+            if not link:
+                return tags
+            url = urllib.parse.urljoin(url, link)
+            self._check_url(url, f"the next page of {what}")
+            if origin(url) != self.origin:
+                raise RegistryError(f"the registry {self.host} sent a next-page link for {what} to another address "
+                                    f"({url[:200]}): refused, pages are read from the registry itself only",
+                                    "The registry (or a proxy in between) is misconfigured or hostile.")
+        if warn is not None:
+            warn(f"the registry {self.host} has more than {limit} pages of tags for {repo}: only the first "
+                 f"{len(tags)} tags were read")
+        return tags
+
+    def _read_json(self, resp: requests.Response, what: str, cap: int) -> Any:
+        """The JSON body of ``resp``, at most ``cap`` bytes; else :class:`RegistryError` with an excerpt."""
+        data = self._read_capped(resp, what, cap)
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError):
+            raise RegistryError(f"the registry {self.host} did not send JSON for {what}: {_excerpt(data)}",
+                                "Check the registry address (is it a registry?) and any proxy in between.") from None
+
+    def _read_capped(self, resp: requests.Response, what: str, cap: int) -> bytes:
+        """The body of a streamed ``resp``, refused (:class:`RegistryError`) beyond ``cap`` bytes."""
+        length = _content_length(resp)
+        too_big = RegistryError(f"the registry {self.host} sent more than {cap} bytes for {what}: refused",
+                                "That is far more than such an answer holds; check the registry and any proxy.")
+        if length is not None and length > cap:
+            raise too_big
+        data = bytearray()
+        try:
+            for chunk in resp.iter_content(65536):
+                data += chunk
+                if len(data) > cap:
+                    raise too_big
+        except requests.exceptions.RequestException as exc:
+            raise self._network_error(exc, resp.url, what) from None
+        return bytes(data)
+
     def head_manifest(self, repo: str, reference: str, accept: Sequence[str] = ALL_MANIFEST_TYPES) -> str | None:
         """The digest the registry reports for ``repo:reference``, or None when it has no such manifest."""
         try:
@@ -1023,6 +1087,28 @@ def _with_query(url: str, **params: str) -> str:
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def _next_link(header: str) -> str:
+    """The target of ``rel="next"`` in a ``Link`` header (RFC 8288), or ''."""
+    for m in re.finditer(r'<([^>]*)>\s*((?:;\s*[^;,]*)*)', header or ""):
+        params = m.group(2).lower().replace(" ", "")
+        if not params or 'rel="next"' in params or "rel=next" in params:
+            return m.group(1)
+    return ""
+
+
+def _excerpt(value: Any, limit: int = 120) -> str:
+    """A short, printable quote of what a registry sent (bytes or parsed JSON)."""
+    if isinstance(value, (bytes, bytearray)):
+        text = bytes(value[:limit * 4]).decode("utf-8", "replace")
+    else:
+        try:
+            text = json.dumps(value)[:limit * 4]
+        except (TypeError, ValueError, RecursionError):
+            text = repr(value)[:limit * 4]
+    text = "".join(c if c.isprintable() else "?" for c in " ".join(text.split()))
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 
 def _error_detail(resp: requests.Response) -> str:

@@ -6,12 +6,16 @@ downgrade anything to plain HTTP. Each case asserts what the foreign server rece
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from manifests.distribution import Credentials, RegistryClient, origin
 from manifests.errors import RegistryAuthError, RegistryError
+from manifests.limits import LIMITS
 from tests.support.hostile_registry import HostileRegistry, Recorder, make_tls, sha
 
 LOGIN = ("alice", "s3cret")
@@ -120,3 +124,63 @@ def test_realm_that_is_not_http_is_not_opened(realm: str) -> None:
         with client_for(reg) as c, pytest.raises(RegistryError) as err:
             c.get_manifest("team/app", "1")
         assert err.value.exit_code == 21 and "not http(s)" in err.value.message
+
+
+# --- tags/list: the one client's pagination ------------------------------------------------------
+def refresh_cli(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "bundler.cli", "catalog", "refresh", *args],
+                          capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def test_tags_follow_links_on_the_registry_itself() -> None:
+    with HostileRegistry() as reg:
+        reg.tags, reg.page_size = [f"6.2.{i}" for i in range(25)], 10
+        with RegistryClient(reg.address, credentials=Credentials.none()) as c:
+            assert c.list_tags("sharelatex/sharelatex") == reg.tags
+        assert len([p for _, p, _ in reg.log if "tags/list" in p]) == 3
+
+
+@pytest.mark.parametrize("link", ["<file:///etc/passwd>; rel=\"next\"", "<file:///dev/zero>"])
+def test_tags_link_that_is_not_http_is_refused(link: str, tmp_path: Path) -> None:
+    with HostileRegistry() as reg:
+        reg.tags, reg.link = ["6.2.2"], link
+        with RegistryClient(reg.address, credentials=Credentials.none()) as c, pytest.raises(RegistryError) as err:
+            c.list_tags("sharelatex/sharelatex")
+        assert "not http(s)" in err.value.message and "file:///" in err.value.message
+        overlay = tmp_path / "overlay.yaml"
+        proc = refresh_cli("--registry", reg.url, "--overlay", str(overlay))
+        assert proc.returncode == 21 and "not http(s)" in proc.stderr, proc.stderr
+        assert not overlay.exists()
+
+
+def test_tags_link_to_another_host_is_refused(tmp_path: Path) -> None:
+    with Recorder(status=200, body={"tags": ["6.2.99"]}) as evil, HostileRegistry() as reg:
+        reg.tags, reg.link = ["6.2.2"], f'<http://localhost:{evil.port}/v2/sharelatex/sharelatex/tags/list>; rel="next"'
+        proc = refresh_cli("--registry", reg.url, "--overlay", str(tmp_path / "o.yaml"))
+        assert proc.returncode == 21 and "another address" in proc.stderr, proc.stderr
+        assert evil.log == []
+
+
+def test_tags_pagination_is_bounded_with_a_warning(tmp_path: Path) -> None:
+    with HostileRegistry() as reg:
+        reg.tags, reg.page_size = [f"6.2.{i}" for i in range(3, 3 + LIMITS.tag_pages + 20)], 1
+        overlay = tmp_path / "o.yaml"
+        proc = refresh_cli("--registry", reg.url, "--overlay", str(overlay))
+        assert proc.returncode == 0, proc.stderr
+        assert f"more than {LIMITS.tag_pages} pages" in proc.stderr and "warning:" in proc.stderr
+        assert len([p for _, p, _ in reg.log if "tags/list" in p]) == LIMITS.tag_pages
+        assert f"6.2.{3 + LIMITS.tag_pages - 1}" in overlay.read_text()
+        assert f"6.2.{3 + LIMITS.tag_pages}" not in overlay.read_text()
+        proc = refresh_cli("--json", "--registry", reg.url, "--overlay", str(tmp_path / "o2.yaml"))
+        assert proc.returncode == 0 and any("pages" in w for w in json.loads(proc.stdout)["warnings"])
+
+
+@pytest.mark.parametrize("body", [b'{"tags": ["6.2.2", 7, null]}', b'["6.2.2"]', b'{"tags": "6.2.2"}', b"<html>"])
+def test_malformed_tag_list_is_a_registry_error(body: bytes, tmp_path: Path) -> None:
+    with HostileRegistry() as reg:
+        reg.raw["/v2/sharelatex/sharelatex/tags/list"] = (200, {"Content-Type": "application/json"}, body)
+        proc = refresh_cli("--registry", reg.url, "--overlay", str(tmp_path / "o.yaml"))
+        assert proc.returncode == 21, proc.stderr
+        assert body[:6].decode() in proc.stderr      # what the registry sent, quoted
