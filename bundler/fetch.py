@@ -4,7 +4,7 @@ Each reference goes through ``--mirror`` (:class:`bundler.registry.Mirrors`), is
 to the ``--platform`` image manifest, and its manifest (and index), config and layer
 blobs land byte for byte in a content-addressed :class:`BlobStore` in the build's work
 folder. Layers are deduplicated by digest across all images and downloaded by a bounded
-thread pool; every blob is checked against its digest while it streams, and a finished
+thread pool, once the disk was found to have room for all the layers' declared sizes; every blob is checked against its digest while it streams, and a finished
 blob is never fetched twice (an interrupted one resumes with a Range request).
 
     store = BlobStore(work / "store")
@@ -30,6 +30,7 @@ from manifests.distribution import (
     RegistryClient,
     UnsupportedManifestError,
     check_digest,
+    check_room,
     digest_bytes,
 )
 from manifests.errors import AirgapError, IntegrityError, RegistryError
@@ -378,6 +379,11 @@ def fetch_images(
                                     f"but {layer.size} in {img.ref}", "One of the manifests is broken.")
             if first is None:    # a blob the store has already is re-hashed (in parallel), not fetched
                 jobs[layer.digest] = (img, layer)
+
+    missing = [(layer.size, store.partial_path(layer.digest)) for _, layer in jobs.values() if not store.has(layer.digest)]
+    need = sum(size - (part.stat().st_size if part.is_file() else 0) for size, part in missing)
+    store.root.mkdir(parents=True, exist_ok=True)
+    check_room(store.root, need, f"the {len(missing)} layer(s) still to download")
 
     def fetch_layer(img: FetchedImage, layer: Descriptor) -> None:
         try:

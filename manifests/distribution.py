@@ -33,9 +33,12 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
+import time
 import urllib.parse
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
@@ -43,16 +46,22 @@ from typing import IO, Any, Callable, Iterable, Iterator, Mapping, NamedTuple, S
 import requests
 import requests.adapters
 import requests.auth
+import urllib3.connection
+import urllib3.connectionpool
+import urllib3.poolmanager
 
 from .atomic import fsync_dir
-from .errors import (BlobDigestError, CredentialsError, PlatformNotFoundError, RegistryAuthError, RegistryError,
-                     RegistryNotFoundError, RegistryRateLimitError, RegistryUnreachableError,
+from .errors import (BlobDigestError, CredentialsError, DiskSpaceError, PlatformNotFoundError, RegistryAuthError,
+                     RegistryError, RegistryNotFoundError, RegistryRateLimitError, RegistryUnreachableError,
                      UnsupportedManifestError)
 from .imageref import DOCKER_HUB, HUB_ALIASES as _HUB_ALIASES
 from .limits import LIMITS
+from .units import human_size
 
 USER_AGENT = "overleaf-airgap (registry client)"
 DEFAULT_TIMEOUT = 60.0          # seconds without data before a request fails
+DEFAULT_DEADLINE = 300.0        # seconds one request may take in all (headers and body), however it drips
+MIN_RATE = 32 * 1024            # bytes/s a blob transfer is given on top of the deadline (1 GB: about 9 hours)
 CHUNK = 1 << 20                 # streaming buffer
 MANIFEST_LIMIT = LIMITS.image_manifest  # containerd refuses manifests above 4 MiB too
 
@@ -438,17 +447,147 @@ class _Reader:
             yield chunk
 
 
+# --- the overall deadline of a request ------------------------------------------------------
+_WATCH = threading.local()      # the running thread's current _Watch, seen by the connections it uses
+
+
+class _Watch:
+    """The overall deadline of one client operation: when it passes, every connection it used is shut down.
+
+    A per-read timeout never fires for a server that drips one byte every few seconds; this
+    does. The blocked read then fails, and :meth:`RegistryClient._network_error` reports the
+    deadline (``fired``) instead of a dropped connection.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.fired = False
+        self._expires = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._conns: list[Any] = []
+        self._timer: threading.Timer | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        self._timer = threading.Timer(max(0.0, self._expires - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def extend(self, seconds: float) -> None:
+        """Give the operation ``seconds`` more (a blob whose size is learnt from its headers)."""
+        with self._lock:
+            if self.fired or seconds <= 0 or self._timer is None:
+                return
+            self._timer.cancel()
+            self._expires += seconds
+            self.seconds += seconds
+            self._arm()
+
+    def watch(self, conn: Any) -> None:
+        """Shut ``conn`` down when the deadline passes (at once if it has)."""
+        with self._lock:
+            self._conns.append(conn)
+            fired = self.fired
+        if fired:
+            _shut(conn)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            conns = list(self._conns)
+        for conn in conns:
+            _shut(conn)
+
+    def close(self) -> None:
+        """The operation is over: stop the timer and forget its connections."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = None
+            self._conns.clear()
+
+
+def _shut(conn: Any) -> None:
+    """Shut down a connection's socket from another thread, so that a blocked read returns."""
+    sock = getattr(conn, "sock", None)
+    if sock is None:
+        return
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)   # the plain socket call, also under TLS
+    except OSError:
+        return
+
+
+def _watched(conn: Any) -> None:
+    watch = getattr(_WATCH, "current", None)
+    if watch is not None:
+        watch.watch(conn)
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    """An HTTP connection that the running operation's :class:`_Watch` can shut down."""
+
+    def connect(self) -> None:
+        _watched(self)
+        super().connect()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        _watched(self)
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    """An HTTPS connection that the running operation's :class:`_Watch` can shut down."""
+
+    def connect(self) -> None:
+        _watched(self)
+        super().connect()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        _watched(self)
+        super().request(*args, **kwargs)
+
+
+class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter with connections a :class:`_Watch` can shut down (direct and through HTTP proxies)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> urllib3.poolmanager.PoolManager:
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        if type(manager) is urllib3.poolmanager.ProxyManager:   # not SOCKS: it has connection classes of its own
+            manager.pool_classes_by_scheme = dict(_POOLS)
+        return manager
+
+
 # --- the client -----------------------------------------------------------------------------
 class RegistryClient:
     """One registry (``docker.io``, ``quay.io``, ``127.0.0.1:5000``), talked to over HTTP API v2.
 
     HTTPS, except plain HTTP for loopback hosts (``insecure_loopback``) or when ``insecure``
     is set. Thread-safe: one client may serve several download threads.
+
+    ``timeout`` bounds each wait for data; ``deadline`` bounds one operation in all (a
+    manifest, a token, a page of tags), and a blob transfer gets ``size / min_rate`` seconds
+    more. Every JSON answer is read up to a cap of :data:`manifests.limits.LIMITS`.
     """
 
     def __init__(self, host: str, *, insecure: bool = False, insecure_loopback: bool = True,
                  credentials: Credentials | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 pool_size: int = 16) -> None:
+                 pool_size: int = 16, deadline: float = DEFAULT_DEADLINE, min_rate: float = MIN_RATE) -> None:
         host = host.strip().rstrip("/")
         if "://" in host:
             scheme, _, host = host.partition("://")
@@ -461,10 +600,12 @@ class RegistryClient:
         self.base = f"{self.scheme}://{self.api_host}"
         self.origin = origin(self.base)     # the one origin that is sent credentials
         self.timeout = timeout
+        self.deadline = deadline
+        self.min_rate = min_rate
         self.credentials = credentials if credentials is not None else Credentials.from_docker_config()
         self._session = requests.Session()
         self._session.auth = _NoNetrc()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(4, pool_size))
+        adapter = _Adapter(pool_connections=4, pool_maxsize=max(4, pool_size))
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers["User-Agent"] = USER_AGENT
@@ -484,6 +625,32 @@ class RegistryClient:
 
     def close(self) -> None:
         self._session.close()
+
+    @contextmanager
+    def _deadline(self, nbytes: int = 0) -> Iterator[_Watch]:
+        """The overall deadline of one operation moving ``nbytes`` of blob (an outer one, if running, is kept)."""
+        outer = getattr(_WATCH, "current", None)
+        if outer is not None:
+            yield outer
+            return
+        watch = _Watch(self.deadline + max(0, nbytes) / self.min_rate)
+        _WATCH.current = watch
+        try:
+            yield watch
+        finally:
+            watch.close()
+            _WATCH.current = None
+
+    def _deadline_error(self, url: str, what: str) -> RegistryUnreachableError | None:
+        """The error for an operation whose deadline passed, or None while it has not."""
+        watch = getattr(_WATCH, "current", None)
+        if watch is None or not watch.fired:
+            return None
+        return RegistryUnreachableError(
+            f"{_host_of(url)} did not finish {what} within {watch.seconds:g} s (the deadline of one request): it "
+            "answers far too slowly, or keeps the connection open without answering",
+            "Check the network, the registry and any proxy in between, then run the same command again "
+            "(finished downloads are kept).")
 
     # -- plumbing --
     def _url(self, repo: str, kind: str, ref: str = "") -> str:
@@ -553,7 +720,7 @@ class RegistryClient:
             if cred is not None:
                 headers["Authorization"] = "Basic " + base64.b64encode(
                     f"{cred.username}:{cred.secret}".encode()).decode()
-        resp = self._send(method, url, headers, data, False, what, auth_origin=origin(realm))
+        resp = self._send(method, url, headers, data, what, auth_origin=origin(realm))
         with resp:
             if resp.status_code in (401, 403):
                 who = (f"the login stored for {self.host}" if cred is not None else "anonymous access"
@@ -564,13 +731,10 @@ class RegistryClient:
             if resp.status_code != 200:
                 raise RegistryError(f"the token service of {self.host} ({realm}) answered HTTP {resp.status_code}"
                                     f"{_error_detail(resp)}", "Try again later; check the network and proxy settings.")
-            try:
-                body = resp.json()
-                token = body.get("token") or body.get("access_token")
-            except (ValueError, AttributeError):
-                token = None
+            body = self._read_json(resp, what, LIMITS.registry_json)
+        token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
         if not token or not isinstance(token, str):
-            raise RegistryAuthError(f"the token service of {self.host} ({realm}) returned no token")
+            raise RegistryAuthError(f"the token service of {self.host} ({realm}) returned no token: {_excerpt(body)}")
         return token
 
     def _check_url(self, url: str, what: str) -> None:
@@ -586,12 +750,13 @@ class RegistryClient:
                                 "The registry (or a proxy in between) is misconfigured or tampered with; fix its "
                                 "configured URLs (token realm, upload locations) to https://.")
 
-    def _send(self, method: str, url: str, headers: dict[str, str], data: Any, stream: bool,
+    def _send(self, method: str, url: str, headers: dict[str, str], data: Any,
               what: str, *, auth_origin: tuple[str, str, int] | None) -> requests.Response:
         """One request, following redirects by hand: ``Authorization`` is sent only to ``auth_origin``.
 
         Every hop is checked (:meth:`_check_url`); once a redirect leaves ``auth_origin`` the
-        credentials are dropped for good, even if a later hop comes back.
+        credentials are dropped for good, even if a later hop comes back. The response is
+        streamed: its body is read by the caller, within a cap.
         """
         for _hop in range(8):
             self._check_url(url, what)
@@ -599,7 +764,7 @@ class RegistryClient:
                 auth_origin = None
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             try:
-                resp = self._session.request(method, url, headers=headers, data=data, stream=stream,
+                resp = self._session.request(method, url, headers=headers, data=data, stream=True,
                                              timeout=self.timeout, allow_redirects=False)
             except requests.exceptions.RequestException as exc:
                 raise self._network_error(exc, url, what) from None
@@ -612,7 +777,7 @@ class RegistryClient:
         raise RegistryError(f"the registry {self.host} redirected {what} too many times")
 
     def _request(self, method: str, url: str, scopes: Sequence[str], *, what: str,
-                 headers: Mapping[str, str] | None = None, body: Any = None, stream: bool = False,
+                 headers: Mapping[str, str] | None = None, body: Any = None,
                  ok: Iterable[int] = (200,)) -> requests.Response:
         """Send with the right credentials; on 401 learn the challenge, authenticate, retry once.
 
@@ -620,9 +785,14 @@ class RegistryClient:
         registry names elsewhere (an upload ``Location`` on another host or port) is sent
         nothing, and its 401 challenge is not followed.
         ``body`` may be a callable that makes a fresh body for each attempt (for streams).
-        Returns a response whose status is in ``ok`` (the caller closes it); else raises.
+        Returns a streamed response whose status is in ``ok`` (the caller reads its body within
+        a cap, inside a :meth:`_deadline`, and closes it); else raises.
         """
-        ok = tuple(ok)
+        with self._deadline():
+            return self._request_once(method, url, scopes, what, headers, body, tuple(ok))
+
+    def _request_once(self, method: str, url: str, scopes: Sequence[str], what: str,
+                      headers: Mapping[str, str] | None, body: Any, ok: tuple[int, ...]) -> requests.Response:
         own = origin(url) == self.origin
         for attempt in (0, 1):
             hdrs = dict(headers or {})
@@ -630,7 +800,7 @@ class RegistryClient:
             if auth:
                 hdrs["Authorization"] = auth
             data = body() if callable(body) else body
-            resp = self._send(method, url, hdrs, data, stream, what, auth_origin=self.origin)
+            resp = self._send(method, url, hdrs, data, what, auth_origin=self.origin)
             if resp.status_code in ok:
                 return resp
             if resp.status_code != 401 or attempt == 1 or not own:
@@ -675,6 +845,9 @@ class RegistryClient:
         return RegistryError(f"{where} answered HTTP {code} to {what}{detail}", "Check the registry and the reference.")
 
     def _network_error(self, exc: BaseException, url: str, what: str) -> RegistryError:
+        late = self._deadline_error(url, what)
+        if late is not None:
+            return late
         host = _host_of(url)
         text = " ".join(str(exc).split())[:300]
         low = text.lower()
@@ -703,8 +876,9 @@ class RegistryClient:
     # -- reading --
     def ping(self) -> None:
         """``GET /v2/``: raises when the registry is unreachable or refuses us."""
-        resp = self._request("GET", f"{self.base}/v2/", (), what="the API version check")
-        resp.close()
+        with self._deadline():
+            resp = self._request("GET", f"{self.base}/v2/", (), what="the API version check")
+            self._finish(resp, "the API version check", LIMITS.registry_json)
 
     def get_manifest(self, repo: str, reference: str,
                      accept: Sequence[str] = ALL_MANIFEST_TYPES) -> FetchedManifest:
@@ -716,20 +890,13 @@ class RegistryClient:
         if by_digest:
             check_digest(reference)
         what = f"manifest {repo}{'@' if by_digest else ':'}{reference}"
-        resp = self._request("GET", self._url(repo, "manifests", reference), (f"repository:{repo}:pull",),
-                             what=what, headers={"Accept": ", ".join(accept)}, stream=True)
-        with resp:
-            data = bytearray()
-            try:
-                for chunk in resp.iter_content(65536):
-                    data += chunk
-                    if len(data) > MANIFEST_LIMIT:
-                        raise RegistryError(f"the registry {self.host} served a {what} larger than 4 MiB",
-                                            "That is not an image manifest; check the reference.")
-            except requests.exceptions.RequestException as exc:
-                raise self._network_error(exc, resp.url, what) from None
-            served = resp.headers.get("Docker-Content-Digest")
-            media_type = manifest_kind(bytes(data), resp.headers.get("Content-Type"))
+        with self._deadline():
+            resp = self._request("GET", self._url(repo, "manifests", reference), (f"repository:{repo}:pull",),
+                                 what=what, headers={"Accept": ", ".join(accept)})
+            with resp:
+                data = self._read_capped(resp, what, MANIFEST_LIMIT)
+                served = resp.headers.get("Docker-Content-Digest")
+                media_type = manifest_kind(data, resp.headers.get("Content-Type"))
         algorithm = reference.split(":", 1)[0] if by_digest else "sha256"
         digest = digest_bytes(bytes(data), algorithm)
         if by_digest and digest != reference:
@@ -751,10 +918,11 @@ class RegistryClient:
         url = f"{self._url(repo, 'tags/list').rstrip('/')}?n={page_size}"
         tags: list[str] = []
         for _page in range(limit):
-            resp = self._request("GET", url, (f"repository:{repo}:pull",), what=what, stream=True)
-            with resp:
-                body = self._read_json(resp, what, LIMITS.registry_json)
-                link = _next_link(resp.headers.get("Link", ""))
+            with self._deadline():
+                resp = self._request("GET", url, (f"repository:{repo}:pull",), what=what)
+                with resp:
+                    body = self._read_json(resp, what, LIMITS.registry_json)
+                    link = _next_link(resp.headers.get("Link", ""))
             page = body.get("tags") if isinstance(body, dict) else None
             if isinstance(body, dict) and page is None:
                 page = []                       # Distribution answers {"tags": null} for a repository without tags
@@ -786,6 +954,8 @@ class RegistryClient:
 
     def _read_capped(self, resp: requests.Response, what: str, cap: int) -> bytes:
         """The body of a streamed ``resp``, refused (:class:`RegistryError`) beyond ``cap`` bytes."""
+        if resp.request is not None and resp.request.method == "HEAD":
+            return b""                      # its Content-Length is that of the body a GET would get
         length = _content_length(resp)
         too_big = RegistryError(f"the registry {self.host} sent more than {cap} bytes for {what}: refused",
                                 "That is far more than such an answer holds; check the registry and any proxy.")
@@ -799,17 +969,39 @@ class RegistryClient:
                     raise too_big
         except requests.exceptions.RequestException as exc:
             raise self._network_error(exc, resp.url, what) from None
+        late = self._deadline_error(resp.url, what)     # a body cut short by the deadline is no answer
+        if late is not None:
+            raise late
         return bytes(data)
+
+    def _finish(self, resp: requests.Response, what: str, cap: int = LIMITS.registry_error) -> requests.Response:
+        """Read (within ``cap``) and close a response whose body is not needed; returns it for its headers."""
+        with resp:
+            self._read_capped(resp, what, cap)
+        return resp
+
+    def catalog(self, limit: int = 1000) -> list[str]:
+        """The registry's repository names (``GET /v2/_catalog``, one page of ``limit``), checked and capped."""
+        what = "the repository list"
+        with self._deadline():
+            resp = self._request("GET", f"{self.base}/v2/_catalog?n={limit}", ("registry:catalog:*",), what=what)
+            with resp:
+                body = self._read_json(resp, what, LIMITS.registry_json)
+        names = body.get("repositories") if isinstance(body, dict) else None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise RegistryError(f"the registry {self.host} sent a malformed {what}: {_excerpt(body)}")
+        return names
 
     def head_manifest(self, repo: str, reference: str, accept: Sequence[str] = ALL_MANIFEST_TYPES) -> str | None:
         """The digest the registry reports for ``repo:reference``, or None when it has no such manifest."""
+        what = f"manifest {repo}:{reference}"
         try:
-            resp = self._request("HEAD", self._url(repo, "manifests", reference), (f"repository:{repo}:pull",),
-                                 what=f"manifest {repo}:{reference}", headers={"Accept": ", ".join(accept)})
+            with self._deadline():
+                resp = self._request("HEAD", self._url(repo, "manifests", reference), (f"repository:{repo}:pull",),
+                                     what=what, headers={"Accept": ", ".join(accept)})
+                return self._finish(resp, what).headers.get("Docker-Content-Digest")
         except RegistryNotFoundError:
             return None
-        with resp:
-            return resp.headers.get("Docker-Content-Digest")
 
     def resolve(self, repo: str, reference: str, platform: "str | Platform") -> Resolved:
         """Resolve a tag (or digest) to the image manifest for ``platform``."""
@@ -864,48 +1056,56 @@ class RegistryClient:
             offset, hasher = _rehash(part, digest, expected_size)
             if expected_size is not None and offset == expected_size:
                 break
-            headers = {"Range": f"bytes={offset}-"} if offset else {}
-            resp = self._request("GET", self._url(repo, "blobs", digest), (f"repository:{repo}:pull",),
-                                 what=what, headers=headers, stream=True, ok=(200, 206, 416))
-            with resp:
-                if resp.status_code == 416 or (resp.status_code == 206 and not _range_starts_at(resp, offset)):
-                    part.unlink(missing_ok=True)
-                    failures += 1
-                    if failures > retries:
-                        raise RegistryError(f"the registry {self.host} answered a resumed download of {what} wrongly")
-                    continue
-                if resp.status_code == 200 and offset:
-                    offset, hasher = 0, _hasher(digest)
-                length = _content_length(resp)
-                received = 0
-                # count short bodies ourselves, so that bytes before a dropped connection are kept
-                if hasattr(resp.raw, "enforce_content_length"):
-                    resp.raw.enforce_content_length = False
-                try:
-                    with open(part, "ab" if offset else "wb") as fh:
-                        for chunk in resp.iter_content(CHUNK):
-                            received += len(chunk)
-                            if expected_size is not None and offset + received > expected_size:
-                                fh.close()
-                                part.unlink(missing_ok=True)
-                                raise BlobDigestError(
-                                    f"the registry {self.host} sent more than the {expected_size} bytes of {what}",
-                                    "The registry (or a proxy) is broken; try again or use another mirror.")
-                            fh.write(chunk)
-                            hasher.update(chunk)
-                            if on_bytes is not None:
-                                on_bytes(len(chunk))
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                    if length is not None and received < length:
-                        raise requests.exceptions.ChunkedEncodingError(f"got {received} of {length} bytes")
-                except requests.exceptions.RequestException as exc:
-                    failures += 1
-                    if failures > retries:
-                        err = self._network_error(exc, resp.url, what)
-                        raise type(err)(err.message + " (the partial download is kept)",
-                                        "Run the same command again: the download resumes where it stopped.") from None
-                    continue
+            remaining = expected_size - offset if expected_size is not None else 0
+            check_room(part.parent, remaining, what)
+            with self._deadline(remaining) as watch:
+                headers = {"Range": f"bytes={offset}-"} if offset else {}
+                resp = self._request("GET", self._url(repo, "blobs", digest), (f"repository:{repo}:pull",),
+                                     what=what, headers=headers, ok=(200, 206, 416))
+                with resp:
+                    if resp.status_code == 416 or (resp.status_code == 206 and not _range_starts_at(resp, offset)):
+                        part.unlink(missing_ok=True)
+                        failures += 1
+                        if failures > retries:
+                            raise RegistryError(f"the registry {self.host} answered a resumed download of {what} wrongly")
+                        continue
+                    if resp.status_code == 200 and offset:
+                        offset, hasher = 0, _hasher(digest)
+                    length = _content_length(resp)
+                    if expected_size is None and length:
+                        watch.extend(length / self.min_rate)
+                    received = 0
+                    # count short bodies ourselves, so that bytes before a dropped connection are kept
+                    if hasattr(resp.raw, "enforce_content_length"):
+                        resp.raw.enforce_content_length = False
+                    try:
+                        with open(part, "ab" if offset else "wb") as fh:
+                            for chunk in resp.iter_content(CHUNK):
+                                received += len(chunk)
+                                if expected_size is not None and offset + received > expected_size:
+                                    fh.close()
+                                    part.unlink(missing_ok=True)
+                                    raise BlobDigestError(
+                                        f"the registry {self.host} sent more than the {expected_size} bytes of {what}",
+                                        "The registry (or a proxy) is broken; try again or use another mirror.")
+                                fh.write(chunk)
+                                hasher.update(chunk)
+                                if on_bytes is not None:
+                                    on_bytes(len(chunk))
+                            fh.flush()
+                            os.fsync(fh.fileno())
+                        if length is not None and received < length:
+                            raise requests.exceptions.ChunkedEncodingError(f"got {received} of {length} bytes")
+                    except requests.exceptions.RequestException as exc:
+                        failures += 1
+                        if failures > retries or watch.fired:      # a drip is not retried
+                            err = self._network_error(exc, resp.url, what)
+                            raise type(err)(err.message + " (the partial download is kept)",
+                                            "Run the same command again: the download resumes where it stopped.") from None
+                        continue
+                    late = self._deadline_error(resp.url, what)     # cut short without an error: no content length
+                    if late is not None:
+                        raise type(late)(late.message + " (the partial download is kept)", late.hint)
             break
         actual = f"{digest.split(':', 1)[0]}:{hasher.hexdigest()}"
         size = part.stat().st_size
@@ -924,12 +1124,13 @@ class RegistryClient:
     def blob_exists(self, repo: str, digest: str) -> bool:
         """True when ``repo`` in this registry has blob ``digest`` (HEAD)."""
         check_digest(digest)
+        what = f"blob {digest} of {repo}"
         try:
-            resp = self._request("HEAD", self._url(repo, "blobs", digest), (f"repository:{repo}:pull,push",),
-                                 what=f"blob {digest} of {repo}")
+            with self._deadline():
+                self._finish(self._request("HEAD", self._url(repo, "blobs", digest), (f"repository:{repo}:pull,push",),
+                                           what=what), what)
         except RegistryNotFoundError:
             return False
-        resp.close()
         with self._lock:
             self._known_blobs.setdefault(digest, repo)
         return True
@@ -938,21 +1139,21 @@ class RegistryClient:
         """Cross-repository mount; True when the registry mounted it, False when it did not."""
         check_digest(digest)
         query = urllib.parse.urlencode({"mount": digest, "from": from_repo})
-        resp = self._request("POST", self._url(repo, "blobs/uploads") + "?" + query,
-                             (f"repository:{repo}:pull,push", f"repository:{from_repo}:pull"),
-                             what=f"mount of blob {digest} from {from_repo} into {repo}",
-                             headers={"Content-Length": "0"}, ok=(201, 202))
-        with resp:
+        what = f"mount of blob {digest} from {from_repo} into {repo}"
+        with self._deadline():
+            resp = self._finish(self._request("POST", self._url(repo, "blobs/uploads") + "?" + query,
+                                              (f"repository:{repo}:pull,push", f"repository:{from_repo}:pull"),
+                                              what=what, headers={"Content-Length": "0"}, ok=(201, 202)), what)
             mounted = resp.status_code == 201
             location = resp.headers.get("Location")
-        cancel = urllib.parse.urljoin(self.base + "/", location) if location else ""
-        if not mounted and cancel and origin(cancel) == self.origin:   # it opened an upload instead: cancel it
-            try:
-                self._request("DELETE", cancel,
-                              (f"repository:{repo}:pull,push",), what="cancel of an upload",
-                              ok=(200, 202, 204, 404)).close()
-            except RegistryError:
-                pass
+            cancel = urllib.parse.urljoin(self.base + "/", location) if location else ""
+            if not mounted and cancel and origin(cancel) == self.origin:   # it opened an upload instead: cancel it
+                try:
+                    self._finish(self._request("DELETE", cancel, (f"repository:{repo}:pull,push",),
+                                               what="cancel of an upload", ok=(200, 202, 204, 404)),
+                                 "cancel of an upload")
+                except RegistryError:
+                    pass
         if mounted:
             with self._lock:
                 self._known_blobs.setdefault(digest, repo)
@@ -967,8 +1168,14 @@ class RegistryClient:
         client has seen the blob in). Uploads monolithically (POST + PUT), or in PATCH chunks
         of ``chunk_size`` bytes when given and the blob is larger. ``open_stream()`` returns a
         fresh binary file object positioned at the blob's first byte (it may be called again).
+        The whole operation has the deadline of a request plus ``size / min_rate`` seconds.
         """
         check_digest(digest)
+        with self._deadline(size):
+            return self._push_blob(repo, digest, size, open_stream, mount_from, chunk_size, on_bytes)
+
+    def _push_blob(self, repo: str, digest: str, size: int, open_stream: Callable[[], IO[bytes]],
+                   mount_from: Sequence[str], chunk_size: int | None, on_bytes: Callable[[int], None] | None) -> str:
         if self.blob_exists(repo, digest):
             return "exists"
         with self._lock:
@@ -980,8 +1187,7 @@ class RegistryClient:
         what = f"upload of blob {digest} to {repo}"
         resp = self._request("POST", self._url(repo, "blobs/uploads"), scope, what=what,
                              headers={"Content-Length": "0"}, ok=(202,))
-        with resp:
-            location = self._location(resp, what)
+        location = self._location(self._finish(resp, what), what)
         algorithm = digest.split(":", 1)[0]
         if chunk_size and size > chunk_size:
             hasher = hashlib.new(algorithm)
@@ -997,8 +1203,7 @@ class RegistryClient:
                                          headers={"Content-Type": "application/octet-stream",
                                                   "Content-Range": f"{offset}-{offset + n - 1}",
                                                   "Content-Length": str(n)})
-                    with resp:
-                        location = self._location(resp, what)
+                    location = self._location(self._finish(resp, what), what)
                     offset += n
                     if on_bytes is not None:
                         on_bytes(n)
@@ -1025,8 +1230,7 @@ class RegistryClient:
             finally:
                 for f in files:
                     f.close()
-        with resp:
-            reported = resp.headers.get("Docker-Content-Digest")
+        reported = self._finish(resp, what).headers.get("Docker-Content-Digest")
         if reported and reported != digest:
             raise BlobDigestError(f"the registry {self.host} stored blob {digest} of {repo} as {reported}",
                                   "The registry is misbehaving; check it.")
@@ -1040,10 +1244,10 @@ class RegistryClient:
         if reference.startswith(("sha256:", "sha512:")) and digest_bytes(data, reference.split(":")[0]) != reference:
             raise BlobDigestError(f"the manifest bytes given for {repo}@{reference} hash to {digest}")
         what = f"manifest {repo}:{reference}"
-        resp = self._request("PUT", self._url(repo, "manifests", reference), (f"repository:{repo}:pull,push",),
-                             what=what, body=bytes(data), headers={"Content-Type": media_type}, ok=(200, 201))
-        with resp:
-            reported = resp.headers.get("Docker-Content-Digest")
+        with self._deadline(len(data)):
+            resp = self._request("PUT", self._url(repo, "manifests", reference), (f"repository:{repo}:pull,push",),
+                                 what=what, body=bytes(data), headers={"Content-Type": media_type}, ok=(200, 201))
+            reported = self._finish(resp, what).headers.get("Docker-Content-Digest")
         if reported and reported != digest:
             raise BlobDigestError(f"the registry {self.host} stored {what} under {reported}, not {digest}",
                                   "The registry rewrote the manifest, so digests would not be preserved.")
@@ -1115,9 +1319,9 @@ def _error_detail(resp: requests.Response) -> str:
     """``: MANIFEST_UNKNOWN manifest unknown`` from a registry's JSON error body, or ''."""
     try:
         if resp.raw is not None and not resp._content_consumed:  # type: ignore[attr-defined]
-            text = resp.raw.read(65536, decode_content=True)
+            text = resp.raw.read(LIMITS.registry_error, decode_content=True)
         else:
-            text = resp.content[:65536]
+            text = resp.content[:LIMITS.registry_error]
         errors = json.loads(text).get("errors") or []
         parts = [f"{e.get('code', '')} {e.get('message', '')}".strip() for e in errors if isinstance(e, dict)]
         return (": " + "; ".join(parts))[:300] if parts else ""
@@ -1137,6 +1341,16 @@ def _content_length(resp: requests.Response) -> int | None:
 def _range_starts_at(resp: requests.Response, offset: int) -> bool:
     m = re.match(r"\s*bytes\s+(\d+)-", resp.headers.get("Content-Range", ""))
     return bool(m) and int(m.group(1)) == offset
+
+
+def check_room(folder: Path, nbytes: int, what: str) -> None:
+    """:class:`DiskSpaceError` (exit 22) when ``folder``'s file system has less than ``nbytes`` free for ``what``."""
+    free = shutil.disk_usage(folder).free
+    if nbytes > free:
+        raise DiskSpaceError(f"not enough free space in {folder} for {what}: it needs {human_size(nbytes)}, "
+                             f"{human_size(free)} are free",
+                             "Free space there, or use a work folder on a bigger disk (--work-dir), then run the "
+                             "same command again: finished downloads are kept.")
 
 
 def _rehash(part: Path, digest: str, expected_size: int | None) -> "tuple[int, hashlib._Hash]":

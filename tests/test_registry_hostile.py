@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from manifests.distribution import Credentials, RegistryClient, origin
-from manifests.errors import RegistryAuthError, RegistryError
+from manifests.errors import DiskSpaceError, RegistryAuthError, RegistryError, RegistryUnreachableError
 from manifests.limits import LIMITS
 from tests.support.hostile_registry import HostileRegistry, Recorder, make_tls, sha
 
@@ -184,3 +186,142 @@ def test_malformed_tag_list_is_a_registry_error(body: bytes, tmp_path: Path) -> 
         proc = refresh_cli("--registry", reg.url, "--overlay", str(tmp_path / "o.yaml"))
         assert proc.returncode == 21, proc.stderr
         assert body[:6].decode() in proc.stderr      # what the registry sent, quoted
+
+
+# --- bounded reads: caps, an overall deadline, room on the disk ------------------------------------
+def quick_client(reg: HostileRegistry, deadline: float = 2.0) -> RegistryClient:
+    """A client whose per-read timeout (10 s) a 5-second drip never trips: only the deadline can."""
+    return RegistryClient(reg.address, credentials=Credentials.none(), timeout=10, deadline=deadline)
+
+
+MANIFEST_PATH = "/v2/team/app/manifests/1"
+
+
+@pytest.mark.parametrize("call,path", [
+    (lambda c: c.ping(), "/v2/"),
+    (lambda c: c.get_manifest("team/app", "1"), MANIFEST_PATH),
+    (lambda c: c.list_tags("team/app"), "/v2/team/app/tags/list"),
+    (lambda c: c.catalog(), "/v2/_catalog"),
+])
+def test_a_drip_fails_within_the_deadline(call, path: str) -> None:
+    with HostileRegistry() as reg:
+        reg.drip.add(path)          # the status line itself, one byte every 5 s
+        start = time.monotonic()
+        with quick_client(reg) as c, pytest.raises(RegistryUnreachableError) as err:
+            call(c)
+        assert time.monotonic() - start < 4.5
+        assert "within 2 s" in err.value.message and err.value.exit_code == 21
+
+
+def test_a_drip_in_the_body_fails_within_the_deadline() -> None:
+    with HostileRegistry() as reg:
+        reg.drip.add(MANIFEST_PATH)
+        reg.drip_body[MANIFEST_PATH] = b'{"schemaVersion": 2, "config": {}, "layers": []}'
+        start = time.monotonic()
+        with quick_client(reg) as c, pytest.raises(RegistryUnreachableError) as err:
+            c.get_manifest("team/app", "1")
+        assert time.monotonic() - start < 4.5 and "within 2 s" in err.value.message
+
+
+def test_a_dripping_token_service_fails_within_the_deadline() -> None:
+    with HostileRegistry(auth="bearer") as reg:
+        reg.drip.add("/token")
+        start = time.monotonic()
+        with quick_client(reg) as c, pytest.raises(RegistryUnreachableError) as err:
+            c.get_manifest("team/app", "1")
+        assert time.monotonic() - start < 4.5 and "within 2 s" in err.value.message
+
+
+def test_a_dripping_blob_is_not_retried_and_keeps_its_partial(tmp_path: Path) -> None:
+    data = b"0123456789" * 10
+    path = f"/v2/team/app/blobs/{sha(data)}"
+    with HostileRegistry() as reg:
+        reg.blobs[sha(data)] = data
+        reg.drip.add(path)
+        reg.drip_body[path] = data
+        reg.drip_interval = 0.5
+        with RegistryClient(reg.address, credentials=Credentials.none(), timeout=10, deadline=2,
+                            min_rate=1 << 30) as c, pytest.raises(RegistryUnreachableError) as err:
+            c.fetch_blob("team/app", sha(data), tmp_path / "blob", expected_size=len(data), retries=5)
+        assert "within 2 s" in err.value.message and "partial download is kept" in err.value.message
+        assert [p for _, p, _ in reg.log] == [path]          # one attempt: a drip is not retried
+        assert 0 < (tmp_path / "blob.partial").stat().st_size < len(data)
+
+
+def test_a_fast_answer_is_not_cut_by_the_deadline(tmp_path: Path) -> None:
+    """The control: the same short deadline, a registry that answers at once."""
+    data = b"quick" * 1000
+    with HostileRegistry() as reg:
+        reg.blobs[sha(data)] = data
+        reg.tags = ["6.2.2"]
+        with quick_client(reg) as c:
+            c.ping()
+            assert c.list_tags("team/app") == ["6.2.2"]
+            c.fetch_blob("team/app", sha(data), tmp_path / "b", expected_size=len(data))
+            time.sleep(2.5)           # longer than the deadline: a finished request's timer is gone
+            c.ping()
+        assert (tmp_path / "b").read_bytes() == data
+
+
+@pytest.mark.parametrize("call,path", [
+    (lambda c: c.ping(), "/v2/"),
+    (lambda c: c.get_manifest("team/app", "1"), MANIFEST_PATH),
+    (lambda c: c.list_tags("team/app"), "/v2/team/app/tags/list"),
+    (lambda c: c.catalog(), "/v2/_catalog"),
+])
+def test_endless_answers_are_capped(call, path: str) -> None:
+    with HostileRegistry() as reg:
+        reg.endless.add(path)
+        with quick_client(reg, deadline=60) as c, pytest.raises(RegistryError) as err:
+            call(c)
+        assert "sent more than" in err.value.message and "bytes" in err.value.message
+        assert err.value.exit_code == 21
+
+
+def test_an_endless_token_answer_is_capped() -> None:
+    with HostileRegistry(auth="bearer") as reg:
+        reg.endless.add("/token")
+        with quick_client(reg, deadline=60) as c, pytest.raises(RegistryError) as err:
+            c.get_manifest("team/app", "1")
+        assert f"more than {LIMITS.registry_json} bytes" in err.value.message
+
+
+def test_a_declared_length_over_the_cap_is_refused_unread() -> None:
+    with HostileRegistry() as reg:
+        reg.raw["/v2/_catalog"] = (200, {"Content-Type": "application/json"}, b" " * (LIMITS.registry_json + 1))
+        with quick_client(reg) as c, pytest.raises(RegistryError) as err:
+            c.catalog()
+        assert f"more than {LIMITS.registry_json} bytes" in err.value.message
+
+
+def test_a_blob_larger_than_the_free_space_is_not_fetched(tmp_path: Path) -> None:
+    data = b"tiny"
+    with HostileRegistry() as reg:
+        reg.blobs[sha(data)] = data
+        huge = shutil.disk_usage(tmp_path).free * 2 + 1
+        with quick_client(reg) as c, pytest.raises(DiskSpaceError) as err:
+            c.fetch_blob("team/app", sha(data), tmp_path / "b", expected_size=huge)
+        assert err.value.exit_code == 22 and "free" in err.value.message
+        assert reg.log == []
+
+
+def test_the_build_checks_room_for_all_layers_first(tmp_path: Path) -> None:
+    from bundler.fetch import BlobStore, fetch_images
+    from bundler.registry import Mirrors
+
+    config = json.dumps({"os": "linux", "architecture": "amd64",
+                         "rootfs": {"type": "layers", "diff_ids": [sha(b"d1"), sha(b"d2")]}}).encode()
+    half = shutil.disk_usage(tmp_path).free // 2 + 1        # each fits alone; both do not
+    layers = [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": sha(x), "size": half}
+              for x in (b"l1", b"l2")]
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                           "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                                      "digest": sha(config), "size": len(config)}, "layers": layers}).encode()
+    with HostileRegistry() as reg:
+        reg.manifests[("library/mongo", "8.0")] = (manifest, "application/vnd.docker.distribution.manifest.v2+json")
+        reg.blobs[sha(config)] = config
+        with pytest.raises(DiskSpaceError) as err:
+            fetch_images(["mongo:8.0"], Mirrors.parse([f"docker.io={reg.address}"]), "linux/amd64",
+                         BlobStore(tmp_path / "store"))
+        assert err.value.exit_code == 22 and "2 layer(s)" in err.value.message
+        assert not any(sha(b"l1") in p or sha(b"l2") in p for _, p, _ in reg.log)

@@ -316,12 +316,8 @@ def check_omitted(client: RegistryClient, manifest: BundleManifest, repos: dict[
 def _catalog(client: RegistryClient, limit: int = 1000) -> list[str]:
     """The registry's repositories (``GET /v2/_catalog``), or [] where the registry does not list them."""
     try:
-        resp = client._request("GET", f"{client.base}/v2/_catalog?n={limit}", ("registry:catalog:*",),
-                               what="the repository list")
-        with resp:
-            names = resp.json().get("repositories") or []
-        return [n for n in names if isinstance(n, str)]
-    except (RegistryError, ValueError, AttributeError):
+        return client.catalog(limit)
+    except RegistryError:
         return []
 
 

@@ -156,8 +156,9 @@ class HostileRegistry(LoopbackServer):
     ``send_digest`` False drops ``Docker-Content-Digest``; ``manifest_get_status`` answers manifest
     GETs with that status instead; ``tags``/``page_size``/``link`` drive ``tags/list`` (``link``
     replaces the next-page ``Link``); ``raw[path]`` serves ``(status, headers, body)`` for that path;
-    ``endless`` paths stream zeros until the client hangs up; ``drip`` paths send the whole answer
-    one byte every ``drip_interval`` seconds.
+    ``endless`` paths stream ``[`` until the client hangs up; ``drip`` paths send the whole answer
+    one byte every ``drip_interval`` seconds (with ``drip_body[path]``: the headers at once, then
+    that body byte by byte).
     """
 
     def __init__(self, *, auth: str | None = None, users: dict[str, str] | None = None,
@@ -179,6 +180,7 @@ class HostileRegistry(LoopbackServer):
         self.endless: set[str] = set()
         self.drip: set[str] = set()
         self.drip_interval = 5.0
+        self.drip_body: dict[str, bytes] = {}
         self.on_request: Callable[[_Handler], bool] | None = None
         self._uploads: dict[str, bytearray] = {}
 
@@ -208,13 +210,13 @@ class HostileRegistry(LoopbackServer):
             return
         path, _, query = h.path.partition("?")
         if path in self.drip:
-            return self._drip(h)
+            return self._drip(h, path)
+        if path in self.endless:
+            return self._endless(h)
         if path == "/token":
             return h.reply(200, json.dumps({"token": "registry-token"}).encode(), {"Content-Type": "application/json"})
         if not self._authorized(h):
             return
-        if path in self.endless:
-            return self._endless(h)
         if path in self.raw:
             status, headers, body = self.raw[path]
             return h.reply(status, body, headers)
@@ -294,10 +296,15 @@ class HostileRegistry(LoopbackServer):
             pass
         h.close_connection = True
 
-    def _drip(self, h: _Handler) -> None:
-        answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    def _drip(self, h: _Handler, path: str) -> None:
+        body = self.drip_body.get(path, b"{}")
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        answer = head + body
+        start = len(head) if path in self.drip_body else 0
         try:
-            for i in range(len(answer)):
+            h.wfile.write(answer[:start])
+            h.wfile.flush()
+            for i in range(start, len(answer)):
                 h.wfile.write(answer[i:i + 1])
                 h.wfile.flush()
                 time.sleep(self.drip_interval)
