@@ -368,6 +368,13 @@ class FetchedManifest(NamedTuple):
     served_digest: str | None      # the registry's Docker-Content-Digest header, for the record
 
 
+class StoredManifest(NamedTuple):
+    """A manifest PUT: its digest, and how the registry confirmed it (see :meth:`RegistryClient.store_manifest`)."""
+
+    digest: str
+    confirmed_by: str              # "registry" (its Docker-Content-Digest), "read back" (a GET), "" (unconfirmed)
+
+
 @dataclass(frozen=True)
 class Resolved:
     """A tag resolved to one platform's image manifest."""
@@ -1239,7 +1246,21 @@ class RegistryClient:
         return "uploaded"
 
     def put_manifest(self, repo: str, reference: str, data: bytes, media_type: str) -> str:
-        """Store ``data`` as manifest ``repo:reference`` byte for byte; returns its digest (sha256 of ``data``)."""
+        """Store ``data`` as manifest ``repo:reference`` byte for byte; returns its digest (sha256 of ``data``).
+
+        :meth:`store_manifest` also says how the registry confirmed it.
+        """
+        return self.store_manifest(repo, reference, data, media_type).digest
+
+    def store_manifest(self, repo: str, reference: str, data: bytes, media_type: str) -> StoredManifest:
+        """PUT ``data`` as manifest ``repo:reference``, and confirm what the registry stored.
+
+        The registry's ``Docker-Content-Digest`` must equal the bytes' digest (``confirmed_by``
+        ``"registry"``). A registry that sends none is asked for the manifest back (GET): the
+        bytes it serves must hash to the same digest (``"read back"``); if it cannot be read,
+        the digest is unconfirmed (``""``), never claimed. A different digest either way is a
+        :class:`BlobDigestError`: the registry rewrote the manifest.
+        """
         digest = digest_bytes(data)
         if reference.startswith(("sha256:", "sha512:")) and digest_bytes(data, reference.split(":")[0]) != reference:
             raise BlobDigestError(f"the manifest bytes given for {repo}@{reference} hash to {digest}")
@@ -1251,7 +1272,17 @@ class RegistryClient:
         if reported and reported != digest:
             raise BlobDigestError(f"the registry {self.host} stored {what} under {reported}, not {digest}",
                                   "The registry rewrote the manifest, so digests would not be preserved.")
-        return digest
+        if reported:
+            return StoredManifest(digest, "registry")
+        try:
+            back = self.get_manifest(repo, reference, accept=tuple(dict.fromkeys([media_type, *ALL_MANIFEST_TYPES])))
+        except RegistryError:
+            return StoredManifest(digest, "")
+        if back.digest != digest:
+            raise BlobDigestError(f"the registry {self.host} sent no digest for {what} and serves it back as "
+                                  f"{back.digest}, not {digest}",
+                                  "The registry rewrote the manifest, so digests would not be preserved.")
+        return StoredManifest(digest, "read back")
 
     def _location(self, resp: requests.Response, what: str) -> str:
         loc = resp.headers.get("Location")

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from manifests.distribution import Credentials, RegistryClient, origin
-from manifests.errors import DiskSpaceError, RegistryAuthError, RegistryError, RegistryUnreachableError
+from manifests.errors import (BlobDigestError, DiskSpaceError, RegistryAuthError, RegistryError,
+                             RegistryUnreachableError)
 from manifests.limits import LIMITS
 from tests.support.hostile_registry import HostileRegistry, Recorder, make_tls, sha
 
@@ -325,3 +326,33 @@ def test_the_build_checks_room_for_all_layers_first(tmp_path: Path) -> None:
                          BlobStore(tmp_path / "store"))
         assert err.value.exit_code == 22 and "2 layer(s)" in err.value.message
         assert not any(sha(b"l1") in p or sha(b"l2") in p for _, p, _ in reg.log)
+
+
+# --- a manifest PUT without Docker-Content-Digest ----------------------------------------------------
+OCI = "application/vnd.oci.image.manifest.v1+json"
+MANIFEST = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "layers": []}'
+
+
+def test_manifest_digest_is_confirmed_by_the_registry_or_read_back() -> None:
+    with HostileRegistry() as reg, RegistryClient(reg.address, credentials=Credentials.none()) as c:
+        assert c.store_manifest("team/app", "1", MANIFEST, OCI) == (sha(MANIFEST), "registry")
+        reg.send_digest = False
+        assert c.store_manifest("team/app", "2", MANIFEST, OCI) == (sha(MANIFEST), "read back")
+        assert [m for m, p, _ in reg.log if p == "/v2/team/app/manifests/2"] == ["PUT", "GET"]
+        reg.manifest_get_status = 403
+        assert c.store_manifest("team/app", "3", MANIFEST, OCI) == (sha(MANIFEST), "")   # unconfirmed, not claimed
+
+
+def test_a_registry_that_rewrites_a_manifest_is_caught_on_read_back() -> None:
+    def rewrite(h) -> bool:
+        if h.command == "GET" and "/manifests/" in h.path:
+            h.reply(200, MANIFEST.replace(b"[]", b"[ ]"), {"Content-Type": OCI})
+            return True
+        return False
+
+    with HostileRegistry() as reg, RegistryClient(reg.address, credentials=Credentials.none()) as c:
+        reg.send_digest = False
+        reg.on_request = rewrite
+        with pytest.raises(BlobDigestError) as err:
+            c.store_manifest("team/app", "1", MANIFEST, OCI)
+        assert "sent no digest" in err.value.message and "rewrote" in err.value.hint

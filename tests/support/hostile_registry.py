@@ -311,3 +311,45 @@ class HostileRegistry(LoopbackServer):
         except OSError:
             pass
         h.close_connection = True
+
+
+class StrippingProxy(LoopbackServer):
+    """A loopback reverse proxy in front of a real registry that drops ``strip`` headers from every answer.
+
+    With ``fail_manifest_get`` it answers manifest GETs 403 itself (a push-only account, say),
+    so a client cannot read a manifest back either. Host headers pass through unchanged, so
+    the registry's upload ``Location`` names the proxy.
+    """
+
+    HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection"}
+
+    def __init__(self, upstream: str, strip: tuple[str, ...] = ("Docker-Content-Digest",)) -> None:
+        super().__init__()
+        self.upstream = upstream.split("://", 1)[-1]
+        self.strip = {h.lower() for h in strip}
+        self.fail_manifest_get = False
+
+    def handle(self, h: _Handler) -> None:
+        import http.client
+
+        body = h.body()
+        if self.fail_manifest_get and h.command == "GET" and "/manifests/" in h.path:
+            return h.reply(403, b'{"errors":[{"code":"DENIED","message":"push only"}]}')
+        conn = http.client.HTTPConnection(self.upstream, timeout=60)
+        try:
+            headers = {k: v for k, v in h.headers.items() if k.lower() not in self.HOP}
+            if body or h.command in ("PUT", "POST", "PATCH"):
+                headers["Content-Length"] = str(len(body))
+            conn.request(h.command, h.path, body=body or None, headers=headers)
+            answer = conn.getresponse()
+            data = answer.read()
+            kept = {k: v for k, v in answer.getheaders() if k.lower() not in self.HOP | self.strip}
+        finally:
+            conn.close()
+        h.send_response(answer.status)
+        for k, v in kept.items():
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(data)
