@@ -32,6 +32,7 @@ from manifests.distribution import (
     check_digest,
     check_room,
     digest_bytes,
+    excerpt,
 )
 from manifests.errors import AirgapError, IntegrityError, RegistryError
 
@@ -197,8 +198,9 @@ class FetchedImage:
 
 # --- parsing (pure) --------------------------------------------------------------------------
 def _descriptor(raw: Any, what: str, name: str) -> Descriptor:
-    if not isinstance(raw, Mapping) or not isinstance(raw.get("size"), int) or raw["size"] < 0:
-        raise RegistryError(f"the manifest of {name} has a malformed {what} descriptor")
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("size"), int) or isinstance(raw["size"], bool) \
+            or raw["size"] < 0:
+        raise RegistryError(f"the manifest of {name} has a malformed {what} descriptor: {excerpt(raw)}")
     try:
         digest = check_digest(str(raw.get("digest")))
     except RegistryError:
@@ -212,10 +214,10 @@ def parse_manifest(data: bytes, media_type: str, name: str) -> ImageManifest:
         raise UnsupportedManifestError(f"{name} is not an image manifest (media type {media_type})")
     try:
         doc = json.loads(data)
-    except ValueError as exc:
-        raise RegistryError(f"the manifest of {name} is not JSON") from exc
+    except (ValueError, RecursionError):
+        raise RegistryError(f"the manifest of {name} is not valid JSON: {excerpt(data)}") from None
     if not isinstance(doc, dict) or doc.get("schemaVersion") != 2 or not isinstance(doc.get("layers"), list):
-        raise UnsupportedManifestError(f"the manifest of {name} is not a schema 2 image manifest")
+        raise UnsupportedManifestError(f"the manifest of {name} is not a schema 2 image manifest: {excerpt(data)}")
     config = _descriptor(doc.get("config"), "config", name)
     if config.media_type not in CONFIG_TYPES:
         raise UnsupportedManifestError(
@@ -240,10 +242,10 @@ def parse_config(data: bytes, name: str) -> ImageConfig:
     """os, architecture, variant and ``rootfs.diff_ids`` of an image config."""
     try:
         doc = json.loads(data)
-    except ValueError as exc:
-        raise RegistryError(f"the config of {name} is not JSON") from exc
+    except (ValueError, RecursionError):
+        raise RegistryError(f"the config of {name} is not valid JSON: {excerpt(data)}") from None
     if not isinstance(doc, dict):
-        raise RegistryError(f"the config of {name} is not a JSON object")
+        raise RegistryError(f"the config of {name} is not a JSON object: {excerpt(data)}")
     rootfs = doc.get("rootfs")
     if not isinstance(rootfs, dict) or rootfs.get("type") != "layers" or not isinstance(rootfs.get("diff_ids"), list):
         raise RegistryError(f"the config of {name} has no rootfs.diff_ids")

@@ -75,6 +75,9 @@ DOCKER_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
 IMAGE_MANIFEST_TYPES = (DOCKER_MANIFEST, OCI_MANIFEST)
 INDEX_TYPES = (DOCKER_MANIFEST_LIST, OCI_INDEX)
 ALL_MANIFEST_TYPES = (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX)
+# an index entry as the bundle keeps it: the OCI 1.1 descriptor fields (artifactType included) and platform
+DESCRIPTOR_FIELDS = ("mediaType", "digest", "size", "platform", "annotations", "artifactType")
+MEDIA_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,126}/[a-z0-9][a-z0-9.+_-]{0,126}\Z")   # as manifests/bundle.py
 
 DOCKER_HUB_API = "registry-1.docker.io"
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"   # where `docker login` keeps Hub credentials
@@ -167,6 +170,15 @@ def index_platforms(entries: Sequence[Mapping[str, Any]]) -> list[str]:
     return seen
 
 
+def parse_registry_json(data: bytes, what: str, host: str) -> Any:
+    """``data`` parsed as JSON; :class:`RegistryError` (exit 21) quoting it when it is not (or nests too deep)."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        raise RegistryError(f"the registry {host} sent {what} that is not valid JSON: {excerpt(data)}",
+                            "The registry (or a proxy in between) is broken; try again, or use another mirror.") from None
+
+
 def manifest_kind(data: bytes, header_type: str | None) -> str:
     """The media type of a manifest: the Content-Type when it is a manifest type, else from the JSON."""
     ct = (header_type or "").split(";", 1)[0].strip().lower()
@@ -174,7 +186,7 @@ def manifest_kind(data: bytes, header_type: str | None) -> str:
         return ct
     try:
         doc = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return ct or "unknown"
     if not isinstance(doc, dict):
         return ct or "unknown"
@@ -741,7 +753,7 @@ class RegistryClient:
             body = self._read_json(resp, what, LIMITS.registry_json)
         token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
         if not token or not isinstance(token, str):
-            raise RegistryAuthError(f"the token service of {self.host} ({realm}) returned no token: {_excerpt(body)}")
+            raise RegistryAuthError(f"the token service of {self.host} ({realm}) returned no token: {excerpt(body)}")
         return token
 
     def _check_url(self, url: str, what: str) -> None:
@@ -934,7 +946,7 @@ class RegistryClient:
             if isinstance(body, dict) and page is None:
                 page = []                       # Distribution answers {"tags": null} for a repository without tags
             if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
-                raise RegistryError(f"the registry {self.host} sent a malformed {what}: {_excerpt(body)}",
+                raise RegistryError(f"the registry {self.host} sent a malformed {what}: {excerpt(body)}",
                                     "Expected {\"tags\": [\"6.2.2\", ...]}; check the registry address and name.")
             tags.extend(page)
             if not link:
@@ -952,12 +964,7 @@ class RegistryClient:
 
     def _read_json(self, resp: requests.Response, what: str, cap: int) -> Any:
         """The JSON body of ``resp``, at most ``cap`` bytes; else :class:`RegistryError` with an excerpt."""
-        data = self._read_capped(resp, what, cap)
-        try:
-            return json.loads(data)
-        except (ValueError, RecursionError):
-            raise RegistryError(f"the registry {self.host} did not send JSON for {what}: {_excerpt(data)}",
-                                "Check the registry address (is it a registry?) and any proxy in between.") from None
+        return parse_registry_json(self._read_capped(resp, what, cap), what, self.host)
 
     def _read_capped(self, resp: requests.Response, what: str, cap: int) -> bytes:
         """The body of a streamed ``resp``, refused (:class:`RegistryError`) beyond ``cap`` bytes."""
@@ -996,7 +1003,7 @@ class RegistryClient:
                 body = self._read_json(resp, what, LIMITS.registry_json)
         names = body.get("repositories") if isinstance(body, dict) else None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise RegistryError(f"the registry {self.host} sent a malformed {what}: {_excerpt(body)}")
+            raise RegistryError(f"the registry {self.host} sent a malformed {what}: {excerpt(body)}")
         return names
 
     def head_manifest(self, repo: str, reference: str, accept: Sequence[str] = ALL_MANIFEST_TYPES) -> str | None:
@@ -1019,28 +1026,67 @@ class RegistryClient:
             return Resolved(top.data, top.media_type, top.digest, top.digest, None)
         if top.media_type not in INDEX_TYPES:
             raise _unsupported(name, top.media_type)
-        try:
-            index = json.loads(top.data)
-            entries = index["manifests"]
-            if not isinstance(entries, list):
-                raise TypeError
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RegistryError(f"the image index of {name} is malformed") from exc
+        entries = self._index_entries(top.data, name)
         entry = select_platform(entries, want)
         if entry is None:
             have = index_platforms(entries)
             raise PlatformNotFoundError(
                 f"{name} has no image for {want}; it has: {', '.join(have) or 'no platforms at all'}",
                 "Choose one of those with --platform (the platform of the offline host's engine).")
-        digest = check_digest(str(entry.get("digest")))
+        entry = self._checked_entry(entry, name)
+        digest = entry["digest"]
         child = self.get_manifest(repo, digest, accept=IMAGE_MANIFEST_TYPES)
         if child.media_type not in IMAGE_MANIFEST_TYPES:
             raise _unsupported(f"{name} ({want})", child.media_type)
-        if isinstance(entry.get("size"), int) and entry["size"] != len(child.data):
+        if entry["size"] != len(child.data):
             raise BlobDigestError(f"the image index of {name} gives {entry['size']} bytes for {digest}, "
                                   f"the registry {self.host} served {len(child.data)}")
-        return Resolved(child.data, child.media_type, child.digest, top.digest, dict(entry),
-                        top.data, top.media_type)
+        return Resolved(child.data, child.media_type, child.digest, top.digest, entry, top.data, top.media_type)
+
+    def _index_entries(self, data: bytes, name: str) -> list[Mapping[str, Any]]:
+        """The ``manifests`` of an image index, each an object; else :class:`RegistryError` quoting the registry."""
+        doc = parse_registry_json(data, f"the image index of {name}", self.host)
+        entries = doc.get("manifests") if isinstance(doc, dict) else None
+        if not isinstance(entries, list):
+            raise RegistryError(f"the image index of {name} served by {self.host} has no list of manifests: "
+                                f"{excerpt(doc)}", "The registry serves a broken index; use another tag or mirror.")
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise RegistryError(f"entry {i + 1} of the image index of {name} served by {self.host} is not an "
+                                    f"object: {excerpt(entry)}",
+                                    "The registry serves a broken index; use another tag or mirror.")
+        return entries
+
+    def _checked_entry(self, entry: Mapping[str, Any], name: str) -> dict[str, Any]:
+        """The chosen index entry, checked as an OCI 1.1 descriptor and cut to its known fields.
+
+        ``mediaType``, ``digest``, ``size`` are required; ``platform``, ``annotations`` and
+        ``artifactType`` (OCI 1.1) are kept when well-formed; other keys are dropped.
+        """
+        def bad(key: str) -> RegistryError:
+            return RegistryError(f"the image index of {name} served by {self.host} has an entry with a malformed "
+                                 f"{key}: {excerpt({key: entry.get(key)})}",
+                                 "The registry serves a broken index; use another tag or mirror.")
+
+        digest = entry.get("digest")
+        if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+            raise bad("digest")
+        size = entry.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MANIFEST_LIMIT:
+            raise bad("size")
+        for key in ("mediaType", "artifactType"):
+            value = entry.get(key)
+            if (key == "mediaType" or value is not None) and not (isinstance(value, str)
+                                                                  and MEDIA_TYPE_RE.match(value)):
+                raise bad(key)
+        annotations = entry.get("annotations")
+        if annotations is not None and not (isinstance(annotations, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in annotations.items())):
+            raise bad("annotations")
+        platform = entry.get("platform")
+        if not isinstance(platform, dict) or len(json.dumps(platform)) >= 1000:
+            raise bad("platform")
+        return {k: entry[k] for k in DESCRIPTOR_FIELDS if k in entry}
 
     def fetch_blob(self, repo: str, digest: str, dest: Path, *, expected_size: int | None = None,
                    on_bytes: Callable[[int], None] | None = None, partial: Path | None = None,
@@ -1333,7 +1379,7 @@ def _next_link(header: str) -> str:
     return ""
 
 
-def _excerpt(value: Any, limit: int = 120) -> str:
+def excerpt(value: Any, limit: int = 120) -> str:
     """A short, printable quote of what a registry sent (bytes or parsed JSON)."""
     if isinstance(value, (bytes, bytearray)):
         text = bytes(value[:limit * 4]).decode("utf-8", "replace")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from manifests.distribution import Credentials, RegistryClient, origin
-from manifests.errors import (BlobDigestError, DiskSpaceError, RegistryAuthError, RegistryError,
+from manifests.errors import (BlobDigestError, DiskSpaceError, ManifestFormatError, RegistryAuthError, RegistryError,
                              RegistryUnreachableError)
 from manifests.limits import LIMITS
 from tests.support.hostile_registry import HostileRegistry, Recorder, make_tls, sha
@@ -356,3 +357,117 @@ def test_a_registry_that_rewrites_a_manifest_is_caught_on_read_back() -> None:
         with pytest.raises(BlobDigestError) as err:
             c.store_manifest("team/app", "1", MANIFEST, OCI)
         assert "sent no digest" in err.value.message and "rewrote" in err.value.hint
+
+
+# --- malformed registry JSON: exit 21 with what was sent; OCI 1.1 fields accepted ---------------------
+INDEX = "application/vnd.oci.image.index.v1+json"
+AMD64 = {"os": "linux", "architecture": "amd64"}
+
+
+def entry_for(data: bytes, **extra) -> dict:
+    return {"mediaType": OCI, "digest": sha(data), "size": len(data), "platform": AMD64, **extra}
+
+
+@pytest.mark.parametrize("body,needle,quote", [
+    (json.dumps({"schemaVersion": 2, "manifests": ["not an object"]}).encode(), "entry 1", '\'"not an object"\''),
+    (json.dumps({"schemaVersion": 2, "manifests": [None, 3]}).encode(), "is not an object", "'null'"),
+    (b"[" * 2_000_000, "not valid JSON", "'[[[["),                                    # far too deep to parse
+    (json.dumps([{"mediaType": INDEX}]).encode(), "no list of manifests", "'[{"),      # not an object at all
+    (json.dumps({"manifests": {"a": 1}}).encode(), "no list of manifests", '\'{"manifests"'),
+    (json.dumps({"manifests": [entry_for(MANIFEST, digest=7)]}).encode(), "malformed digest", '"digest": 7'),
+    (json.dumps({"manifests": [entry_for(MANIFEST, size=True)]}).encode(), "malformed size", '"size": true'),
+    (json.dumps({"manifests": [entry_for(MANIFEST, mediaType="Not A Type")]}).encode(), "malformed mediaType",
+     "Not A Type"),
+    (json.dumps({"manifests": [entry_for(MANIFEST, artifactType=["x"])]}).encode(), "malformed artifactType",
+     '"artifactType": ["x"]'),
+    (json.dumps({"manifests": [entry_for(MANIFEST, annotations={"a": 1})]}).encode(), "malformed annotations",
+     '{"a": 1}'),
+], ids=["string-entry", "null-entry", "deep", "list-body", "manifests-object", "digest", "size", "mediaType",
+        "artifactType", "annotations"])
+def test_a_malformed_index_is_a_registry_error_quoting_it(body: bytes, needle: str, quote: str) -> None:
+    with HostileRegistry() as reg:
+        reg.manifests[("team/app", "1")] = (body, INDEX)
+        reg.manifests[("team/app", sha(MANIFEST))] = (MANIFEST, OCI)
+        with RegistryClient(reg.address, credentials=Credentials.none()) as c, pytest.raises(RegistryError) as err:
+            c.resolve("team/app", "1", "linux/amd64")
+        assert err.value.exit_code == 21 and needle in err.value.message
+        assert quote in err.value.message and len(err.value.message) < 1000     # a short excerpt of what was sent
+
+
+def build_cli(tmp_path: Path, registry: str) -> subprocess.CompletedProcess:
+    """``overleaf-bundle build`` with every image mirrored to ``registry`` (no engine, a fresh key)."""
+    env = dict(os.environ, MY_PASS="pw", DOCKER_HOST="unix:///nonexistent/docker.sock")
+    key = tmp_path / "k.key"
+    if not key.exists():
+        subprocess.run([sys.executable, "-m", "bundler.cli", "keygen", "--out", str(key), "--passphrase-env",
+                        "MY_PASS"], env=env, check=True, capture_output=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "bundler.cli", "build", "--from", "5.5.3", "--to", "5.5.8",
+                           "--edition", "ce", "--mongo", "6.0", "--redis", "6.2", "--key", str(key),
+                           "--passphrase-env", "MY_PASS", "--out", str(tmp_path / "out"), "--no-importer",
+                           "--work-dir", str(tmp_path / "work"),
+                           "--mirror", f"docker.io={registry}", "--mirror", f"quay.io={registry}/quay.io"],
+                          env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+@pytest.mark.parametrize("body,needle", [
+    (json.dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": ["not an object", 7]}).encode(),
+     "is not an object"),
+    (b"[" * 2_000_000, "not valid JSON"),
+], ids=["entries-not-objects", "deep"])
+def test_the_build_reports_a_malformed_index_as_exit_21(body: bytes, needle: str, tmp_path: Path) -> None:
+    def serve(h) -> bool:
+        if h.command in ("GET", "HEAD") and "/manifests/" in h.path:
+            h.reply(200, body, {"Content-Type": INDEX})
+            return True
+        return False
+
+    with HostileRegistry() as reg:
+        reg.on_request = serve
+        proc = build_cli(tmp_path, reg.address)
+        assert proc.returncode == 21, proc.stderr
+        assert needle in proc.stderr and "'" in proc.stderr and len(proc.stderr) < 3000   # quoted, and short
+        assert "bundle's manifest" not in proc.stderr
+
+
+def test_oci_1_1_fields_are_accepted_and_kept() -> None:
+    """artifactType and subject in manifests and indexes, artifactType/annotations on entries: all valid OCI 1.1."""
+    from manifests.bundle import BundleManifest
+    from tests.test_tamper_matrix import manifest_dict
+
+    config = json.dumps({"os": "linux", "architecture": "amd64",
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    subject = {"mediaType": OCI, "digest": sha(b"other"), "size": 5}
+    image = json.dumps({"schemaVersion": 2, "mediaType": OCI, "artifactType": "application/vnd.example+type",
+                        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(config),
+                                   "size": len(config)}, "layers": [], "subject": subject}).encode()
+    index = json.dumps({"schemaVersion": 2, "mediaType": INDEX, "artifactType": "application/vnd.example+type",
+                        "subject": subject, "manifests": [
+                            entry_for(image, artifactType="application/vnd.example+type",
+                                      annotations={"org.opencontainers.image.created": "2026-01-01T00:00:00Z"},
+                                      **{"x-vendor-extension": {"odd": True}}),
+                            {"mediaType": OCI, "digest": sha(b"att"), "size": 3, "artifactType": "application/spdx+json",
+                             "platform": {"os": "unknown", "architecture": "unknown"}}]}).encode()
+    with HostileRegistry() as reg, RegistryClient(reg.address, credentials=Credentials.none()) as c:
+        reg.manifests[("team/app", "1")] = (index, INDEX)
+        reg.manifests[("team/app", sha(image))] = (image, OCI)
+        res = c.resolve("team/app", "1", "linux/amd64")
+    assert res.manifest_bytes == image and res.upstream_digest == sha(index)
+    assert res.index_entry["artifactType"] == "application/vnd.example+type"
+    assert "x-vendor-extension" not in res.index_entry           # unknown keys are not carried into the bundle
+    from bundler.fetch import parse_manifest
+    assert parse_manifest(image, OCI, "team/app:1").config.digest == sha(config)
+
+    # the bundle's manifest takes such an entry; a bad artifactType there stays a bundle problem (exit 10)
+    def entry(index_entry: dict) -> dict:
+        return {"ref": "mongo:8.0", "id": sha(config), "diff_ids": [], "layers": [], "source": "registry",
+                "exact": True, "upstream_digest": sha(index), "index_entry": index_entry,
+                "manifest_digest": sha(image), "platform": "linux/amd64", "size": 1}
+
+    with pytest.raises(ManifestFormatError) as other:
+        BundleManifest.from_dict(manifest_dict("k" * 16, images=[entry(dict(res.index_entry))]))
+    assert "index_entry" not in other.value.message                # refused, if at all, for something else
+    with pytest.raises(ManifestFormatError) as bad:
+        BundleManifest.from_dict(manifest_dict("k" * 16, images=[entry(dict(res.index_entry, artifactType="No Type"))]))
+    assert "index_entry.artifactType" in bad.value.message and bad.value.exit_code == 10
