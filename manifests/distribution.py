@@ -19,7 +19,13 @@ involved anywhere: ``DOCKER_HOST`` does not matter.
 Authentication follows what ``docker pull`` does: the anonymous bearer-token flow
 (Docker Hub, quay.io), Basic auth, and bearer tokens obtained with the credentials
 of ``docker login`` (the Docker config file: ``auths``, ``credsStore``,
-``credHelpers``). Every expected failure raises a :class:`RegistryError` subclass
+``credHelpers``). A registry is trusted with nothing beyond its own origin: a login
+or token goes only to its scheme, host and port (an upload ``Location``, a cancel, a
+redirect or a token realm elsewhere gets none, Docker Hub's ``auth.docker.io`` excepted),
+an HTTPS registry cannot downgrade any address to plain HTTP, every answer is read
+within a cap of :data:`manifests.limits.LIMITS`, each request has an overall deadline
+(a drip fails; blobs get ``size / min_rate`` more), and a blob is fetched only onto a
+disk with room for it. Every expected failure raises a :class:`RegistryError` subclass
 (or :class:`BlobDigestError` for bytes that do not match their digest) whose message
 names the registry and whose hint says what to do (the classes live in
 :mod:`manifests.errors`; they are importable from here too).
