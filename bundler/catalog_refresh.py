@@ -1,8 +1,9 @@
 """``overleaf-bundle catalog refresh``: learn newly published releases from a registry.
 
-Reads ``/v2/<name>/tags/list`` (Registry HTTP API v2, following ``Link`` pagination).
-On ``401`` with ``WWW-Authenticate: Bearer realm=...,service=...,scope=...`` it gets an
-anonymous token from the realm, as Docker Hub and quay.io require, and retries.
+Reads ``/v2/<name>/tags/list`` through the one registry client
+(:meth:`manifests.distribution.RegistryClient.list_tags`: the token flow of Docker Hub and
+quay.io, credentials only to the registry's own origin, ``Link`` pagination on that origin
+only and bounded, capped bodies, a deadline per request).
 New ``X.Y.Z`` tags of majors the catalog has rules for go into the local overlay file;
 a new major is only reported: the planner never steps through a major without rules.
 
@@ -12,88 +13,44 @@ a new major is only reported: the planner never steps through a major without ru
 """
 from __future__ import annotations
 
-import json
-import re
-import urllib.error
 import urllib.parse
-import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from manifests.bundle import iso, utc_now
 from manifests.catalog import TAG_RE, Catalog, Release, load_overlay, write_overlay
-from manifests.errors import RegistryError
+from manifests.distribution import RegistryClient
+from manifests.errors import RegistryError, RegistryUnreachableError
 from manifests.versions import AppVersion
 
-USER_AGENT = "overleaf-airgap catalog refresh"
+
+def client_for(registry: str) -> RegistryClient:
+    """The registry client for ``registry`` as the operator gave it (``https://quay.io``, ``http://127.0.0.1:5000``).
+
+    The scheme given is the scheme used (a bare host means HTTPS, plain HTTP for loopback).
+    """
+    text = registry.strip().rstrip("/")
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme.lower() not in ("http", "https"):
+        raise RegistryError(f"{registry!r} is not an http(s) registry address",
+                            "Give e.g. https://registry-1.docker.io, https://quay.io or http://127.0.0.1:5000.")
+    host = urllib.parse.urlsplit(text if sep else f"https://{text}").netloc
+    if not host or (sep and rest.rstrip("/") != host):
+        raise RegistryError(f"{registry!r} is not a registry address (scheme and host, no path)",
+                            "Give e.g. https://registry-1.docker.io, https://quay.io or http://127.0.0.1:5000.")
+    if sep:
+        return RegistryClient(host, insecure=scheme.lower() == "http", insecure_loopback=False)
+    return RegistryClient(host)
 
 
-def _parse_challenge(header: str) -> dict[str, str]:
-    if not header.lower().startswith("bearer "):
-        return {}
-    return {k.lower(): v for k, v in re.findall(r'(\w+)="([^"]*)"', header[7:])}
-
-
-def _open(url: str, token: str | None = None, timeout: float = 30):
-    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "application/json"})
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - URL given by the operator
-
-
-def _token(challenge: dict[str, str], name: str) -> str:
-    realm = challenge.get("realm")
-    if not realm:
-        raise RegistryError("the registry asked for authentication without a token realm")
-    params = {"scope": challenge.get("scope") or f"repository:{name}:pull"}
-    if challenge.get("service"):
-        params["service"] = challenge["service"]
-    url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(params)
-    try:
-        with _open(url) as resp:
-            body = json.load(resp)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise RegistryError(f"cannot get an anonymous token from {realm}: {exc}") from exc
-    tok = body.get("token") or body.get("access_token")
-    if not tok:
-        raise RegistryError(f"the token service {realm} returned no token")
-    return tok
-
-
-def list_tags(registry: str, name: str) -> list[str]:
-    """All tags of ``name`` in ``registry`` (``https://quay.io``, ``http://127.0.0.1:5000``)."""
-    base = registry.rstrip("/")
-    if "://" not in base:
-        base = "https://" + base
-    url = f"{base}/v2/{name}/tags/list?n=1000"
-    token: str | None = None
-    tags: list[str] = []
-    for _ in range(1000):  # pagination bound
+def list_tags(registry: str, name: str, warn: Callable[[str], None] | None = None) -> list[str]:
+    """All tags of ``name`` in ``registry`` (``https://quay.io``, ``http://127.0.0.1:5000``), via the registry client."""
+    with client_for(registry) as client:
         try:
-            resp = _open(url, token)
-        except urllib.error.HTTPError as exc:
-            if exc.code == 401 and token is None:
-                token = _token(_parse_challenge(exc.headers.get("WWW-Authenticate", "")), name)
-                continue
-            if exc.code == 404:
-                raise RegistryError(f"{base} has no repository {name}",
-                                    "Check --repository (e.g. sharelatex/sharelatex on Docker Hub).") from exc
-            raise RegistryError(f"{url} answered HTTP {exc.code}") from exc
-        except (urllib.error.URLError, OSError) as exc:
-            raise RegistryError(f"cannot reach the registry {base}: {getattr(exc, 'reason', exc)}",
-                                "Check the URL and the network (this runs on the online side).") from exc
-        with resp:
-            try:
-                body = json.load(resp)
-            except ValueError as exc:
-                raise RegistryError(f"{url} did not return JSON") from exc
-            tags.extend(body.get("tags") or [])
-            link = resp.headers.get("Link")
-        m = re.match(r'<([^>]+)>', link or "")
-        if not m:
-            return tags
-        url = urllib.parse.urljoin(base + "/", m.group(1))
-    return tags
+            return client.list_tags(name, warn=warn)
+        except RegistryUnreachableError as err:
+            raise RegistryUnreachableError(f"cannot reach the registry {registry}: {err.message}", err.hint) from None
 
 
 @dataclass
@@ -103,12 +60,15 @@ class RefreshResult:
     new_majors: list[str]
     ignored: list[str]
     overlay: Path
+    warnings: list[str] = field(default_factory=list)
 
 
 def refresh(cat: Catalog, registry: str, repositories: list[str], overlay: Path) -> RefreshResult:
+    """Read the tags of ``repositories`` and record new patch releases of known majors in ``overlay``."""
     seen: set[str] = set()
+    warnings: list[str] = []
     for repo in repositories:
-        seen.update(list_tags(registry, repo))
+        seen.update(list_tags(registry, repo, warn=warnings.append))
     majors = set(cat.majors())
     existing = load_overlay(overlay) if overlay.exists() else []
     known = {r.version for r in cat.releases}
@@ -130,4 +90,5 @@ def refresh(cat: Catalog, registry: str, repositories: list[str], overlay: Path)
         added.append(tag)
     if added:
         write_overlay(overlay, fresh)
-    return RefreshResult(sorted(added, key=AppVersion.parse), len(seen), sorted(new_majors), ignored, overlay)
+    return RefreshResult(sorted(added, key=AppVersion.parse), len(seen), sorted(new_majors), ignored, overlay,
+                         warnings)

@@ -17,7 +17,7 @@ from typing import List, Optional
 import typer
 
 from manifests.catalog import default_overlay_path, load_catalog
-from manifests.console import CTX, command, emit_json, safe, say
+from manifests.console import CTX, command, emit_json, safe, say, warn
 from manifests.planner import UpgradePlan, make_plan
 
 from .cli_build import register as register_build
@@ -116,8 +116,10 @@ def catalog_refresh(
     res = refresh(load_catalog(), registry, repos, overlay or default_overlay_path())
     if CTX.json:
         emit_json({"added": res.added, "new_majors": res.new_majors, "tags_seen": res.known,
-                   "overlay": str(res.overlay)})
+                   "overlay": str(res.overlay), "warnings": res.warnings})
         return
+    for w in res.warnings:
+        warn(safe(w))
     say(f"{res.known} tags read; new releases recorded in {safe(res.overlay)}: "
         f"{safe(', '.join(res.added) or 'none')}")
     for t in res.new_majors:

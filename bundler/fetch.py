@@ -4,7 +4,7 @@ Each reference goes through ``--mirror`` (:class:`bundler.registry.Mirrors`), is
 to the ``--platform`` image manifest, and its manifest (and index), config and layer
 blobs land byte for byte in a content-addressed :class:`BlobStore` in the build's work
 folder. Layers are deduplicated by digest across all images and downloaded by a bounded
-thread pool; every blob is checked against its digest while it streams, and a finished
+thread pool, once the disk was found to have room for all the layers' declared sizes; every blob is checked against its digest while it streams, and a finished
 blob is never fetched twice (an interrupted one resumes with a Range request).
 
     store = BlobStore(work / "store")
@@ -30,7 +30,9 @@ from manifests.distribution import (
     RegistryClient,
     UnsupportedManifestError,
     check_digest,
+    check_room,
     digest_bytes,
+    excerpt,
 )
 from manifests.errors import AirgapError, IntegrityError, RegistryError
 
@@ -196,8 +198,9 @@ class FetchedImage:
 
 # --- parsing (pure) --------------------------------------------------------------------------
 def _descriptor(raw: Any, what: str, name: str) -> Descriptor:
-    if not isinstance(raw, Mapping) or not isinstance(raw.get("size"), int) or raw["size"] < 0:
-        raise RegistryError(f"the manifest of {name} has a malformed {what} descriptor")
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("size"), int) or isinstance(raw["size"], bool) \
+            or raw["size"] < 0:
+        raise RegistryError(f"the manifest of {name} has a malformed {what} descriptor: {excerpt(raw)}")
     try:
         digest = check_digest(str(raw.get("digest")))
     except RegistryError:
@@ -211,10 +214,10 @@ def parse_manifest(data: bytes, media_type: str, name: str) -> ImageManifest:
         raise UnsupportedManifestError(f"{name} is not an image manifest (media type {media_type})")
     try:
         doc = json.loads(data)
-    except ValueError as exc:
-        raise RegistryError(f"the manifest of {name} is not JSON") from exc
+    except (ValueError, RecursionError):
+        raise RegistryError(f"the manifest of {name} is not valid JSON: {excerpt(data)}") from None
     if not isinstance(doc, dict) or doc.get("schemaVersion") != 2 or not isinstance(doc.get("layers"), list):
-        raise UnsupportedManifestError(f"the manifest of {name} is not a schema 2 image manifest")
+        raise UnsupportedManifestError(f"the manifest of {name} is not a schema 2 image manifest: {excerpt(data)}")
     config = _descriptor(doc.get("config"), "config", name)
     if config.media_type not in CONFIG_TYPES:
         raise UnsupportedManifestError(
@@ -239,10 +242,10 @@ def parse_config(data: bytes, name: str) -> ImageConfig:
     """os, architecture, variant and ``rootfs.diff_ids`` of an image config."""
     try:
         doc = json.loads(data)
-    except ValueError as exc:
-        raise RegistryError(f"the config of {name} is not JSON") from exc
+    except (ValueError, RecursionError):
+        raise RegistryError(f"the config of {name} is not valid JSON: {excerpt(data)}") from None
     if not isinstance(doc, dict):
-        raise RegistryError(f"the config of {name} is not a JSON object")
+        raise RegistryError(f"the config of {name} is not a JSON object: {excerpt(data)}")
     rootfs = doc.get("rootfs")
     if not isinstance(rootfs, dict) or rootfs.get("type") != "layers" or not isinstance(rootfs.get("diff_ids"), list):
         raise RegistryError(f"the config of {name} has no rootfs.diff_ids")
@@ -378,6 +381,11 @@ def fetch_images(
                                     f"but {layer.size} in {img.ref}", "One of the manifests is broken.")
             if first is None:    # a blob the store has already is re-hashed (in parallel), not fetched
                 jobs[layer.digest] = (img, layer)
+
+    missing = [(layer.size, store.partial_path(layer.digest)) for _, layer in jobs.values() if not store.has(layer.digest)]
+    need = sum(size - (part.stat().st_size if part.is_file() else 0) for size, part in missing)
+    store.root.mkdir(parents=True, exist_ok=True)
+    check_room(store.root, need, f"the {len(missing)} layer(s) still to download")
 
     def fetch_layer(img: FetchedImage, layer: Descriptor) -> None:
         try:

@@ -117,14 +117,17 @@ def push(bundle_dir: Path = BundleArg,
     if kept:
         warnings.append("not pushed, because this bundle does not carry them (the plan assumes the host runs "
                         "them): " + ", ".join(kept) + "; their overleaf.rc settings stay as they are")
+    unconfirmed = [i.target for i in pushed.images if not i.confirmed]
+    if unconfirmed:
+        warnings.append("the registry reported no digest for " + ", ".join(unconfirmed) + " and the manifests "
+                        "could not be read back: their digests are unconfirmed (pull one by digest to check)")
     for w in warnings:
         warn(safe(w))
     if CTX.json:
         emit_json({"ok": True, **pushed.to_dict(), "overleaf_rc": rc, "warnings": warnings})
         return
     for img in pushed.images:
-        how = "the upstream digest" if img.digest_preserved else "the bundle's pinned digest"
-        say(f"  {safe(img.target)} = {img.registry_digest[:19]}  ({how})")
+        say(f"  {safe(img.target)} = {img.registry_digest[:19]}  ({img.describe()})")
     say(f"OK: {len(pushed.images)} image(s) pushed to {safe(target.address)} "
         f"({len(pushed.uploaded)} blob(s) uploaded, {len(pushed.skipped)} already there, "
         f"{len(pushed.mounted)} mounted).")

@@ -73,6 +73,7 @@ PART_RE = re.compile(r"^payload\.[0-9]{3,6}\Z")
 FILE_RE = re.compile(r"^(?:wheels/)?[A-Za-z0-9][A-Za-z0-9._+-]{0,200}\Z")
 BLOB_PATH_RE = re.compile(r"^blobs/sha256/[0-9a-f]{64}(?:\.zst)?\Z")
 PLATFORM_RE = re.compile(r"^[a-z0-9]{1,20}/[a-z0-9_]{1,20}(?:/[a-z0-9]{1,10})?\Z")
+INDEX_ENTRY_FIELDS = frozenset({"mediaType", "digest", "size", "platform", "annotations", "artifactType"})
 MEDIA_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,126}/[a-z0-9][a-z0-9.+_-]{0,126}\Z")
 ENCODINGS = ("none", "zstd")
 KINDS = ("manifest", "config", "layer")
@@ -294,10 +295,11 @@ def _partref(d: dict, segment_size: int) -> PartRef:
 def _index_entry(v: Any, ref: str) -> dict[str, Any] | None:
     if v is None:
         return None
-    _need(isinstance(v, dict) and set(v) <= {"mediaType", "digest", "size", "platform", "annotations"},
-          f"image {ref}: bad index_entry")
+    _need(isinstance(v, dict) and set(v) <= INDEX_ENTRY_FIELDS, f"image {ref}: bad index_entry")
     _digest(v.get("digest"), f"image {ref}: index_entry.digest")
     _str(v.get("mediaType"), f"image {ref}: index_entry.mediaType", MEDIA_TYPE_RE)
+    if v.get("artifactType") is not None:     # OCI 1.1
+        _str(v["artifactType"], f"image {ref}: index_entry.artifactType", MEDIA_TYPE_RE)
     _int(v.get("size"), f"image {ref}: index_entry.size")
     plat = v.get("platform")
     _need(plat is None or (isinstance(plat, dict) and len(json.dumps(plat)) < 1000), f"image {ref}: bad platform")

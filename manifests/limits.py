@@ -17,7 +17,7 @@ KiB, MiB = 1024, 1024 * 1024
 
 @dataclass(frozen=True)
 class Limits:
-    """Byte caps (and the one digit cap of strict JSON). Frozen: a cap is not changed at run time."""
+    """Byte caps (and the digit cap of strict JSON, the page cap of tag lists). Frozen: not changed at run time."""
 
     manifest: int = 64 * MiB        # manifest.json: a format-2 manifest of a 100 GB bundle is a few MiB
     signature: int = 4 * KiB        # manifest.json.sig: 64 bytes expected
@@ -29,6 +29,9 @@ class Limits:
     backup_record: int = 1 * MiB    # a backup's small record files
     image_manifest: int = 4 * MiB   # an OCI/Docker image manifest (containerd and registries refuse more)
     small_blob: int = 16 * MiB      # image manifests and configs the loader reads whole
+    registry_json: int = 4 * MiB    # a registry's JSON answer: token, /v2/, a tags/list or _catalog page
+    registry_error: int = 64 * KiB  # the body of a registry's error answer (read for its message only)
+    tag_pages: int = 100            # tags/list pages read at most (1000 tags each), with a warning beyond
     json_int_digits: int = 19       # 2**63 has 19 digits: longer integers are refused before int() runs
 
     def to_dict(self) -> dict[str, int]:

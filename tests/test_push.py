@@ -233,3 +233,26 @@ def test_unreachable_registry(registry, upstream, signer, host, tmp_path):
     make_registry_bundle(registry.url, {REDIS: upstream[REDIS]}, bundle, signer)
     proc = host.run("push", str(bundle), "--registry", "127.0.0.1:1")
     assert proc.returncode == 21 and "127.0.0.1:1" in proc.stderr
+
+
+def test_registry_without_digest_header_is_read_back_or_unconfirmed(registry, upstream, signer, target, host,
+                                                                     tmp_path):
+    """A proxy in front of the target drops Docker-Content-Digest: the push reads the manifest back,
+    and when it cannot, it says the digest is unconfirmed instead of claiming the upstream one."""
+    from tests.support.hostile_registry import StrippingProxy
+
+    bundle = tmp_path / "bundle"
+    make_registry_bundle(registry.url, {REDIS: upstream[REDIS]}, bundle, signer)
+    with StrippingProxy(target.url) as proxy:
+        out = host.push(bundle, proxy.address)
+        assert not any(k.lower() == "docker-content-digest" for _, _, h in proxy.log for k in h)
+        img = out["images"][0]
+        assert img["digest_confirmed_by"] == "read back" and img["digest_preserved"] is True
+        assert get_manifest(target, "redis", "7.4")[1] == img["upstream_digest"]
+        proxy.fail_manifest_get = True
+        proc = host.run("push", str(bundle), "--registry", proxy.address)
+        assert proc.returncode == 0, proc.stderr
+        assert "unconfirmed" in proc.stdout and "the upstream digest" not in proc.stdout
+        assert "digests are unconfirmed" in proc.stderr
+        out = json.loads(host.run("--json", "push", str(bundle), "--registry", proxy.address).stdout)
+        assert out["images"][0]["digest_confirmed_by"] is None and out["images"][0]["digest_preserved"] is False

@@ -16,8 +16,9 @@ flow, plain HTTP only for loopback or with ``insecure``):
 3. only after the whole payload was read intact, each image's manifest is PUT under its
    tag with its exact bytes and media type. The digest the registry reports must equal
    ``ImageEntry.manifest_digest``: for an exact bundle that is the upstream digest, so
-   digest-pinned deployments and signatures keep working. A damaged payload therefore
-   tags nothing.
+   digest-pinned deployments and signatures keep working. A registry that reports no
+   digest is asked for the manifest back; if that fails too, the digest is reported as
+   unconfirmed, never as the upstream one. A damaged payload therefore tags nothing.
 
 Name mapping (the registry, and its optional prefix, replace the image's registry host)::
 
@@ -184,16 +185,31 @@ class PushedImage:
     manifest_digest: str         # what the bundle pinned (ImageEntry.manifest_digest)
     upstream_digest: str | None
     exact: bool
+    confirmed_by: str = "registry"   # how the registry confirmed registry_digest: "registry", "read back", "" (not)
+
+    @property
+    def confirmed(self) -> bool:
+        """True when the registry reported the digest, or served the manifest back with it."""
+        return bool(self.confirmed_by)
 
     @property
     def digest_preserved(self) -> bool:
-        """True when the registry serves the upstream manifest digest (exact, single-platform upstream)."""
-        return self.exact and self.registry_digest == self.upstream_digest
+        """True when the registry is known to serve the upstream manifest digest (exact, single-platform upstream)."""
+        return self.confirmed and self.exact and self.registry_digest == self.upstream_digest
+
+    def describe(self) -> str:
+        """How the pushed digest relates to upstream, as the push prints it; never claims what is unconfirmed."""
+        if not self.confirmed:
+            return ("unconfirmed: the registry reported no digest and the manifest could not be read back; "
+                    "this is the digest of the bytes sent")
+        how = "the upstream digest" if self.digest_preserved else "the bundle's pinned digest"
+        return how + (", read back from the registry" if self.confirmed_by == "read back" else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {"ref": self.ref, "target": self.target, "digest": self.registry_digest,
                 "manifest_digest": self.manifest_digest, "upstream_digest": self.upstream_digest,
-                "exact": self.exact, "digest_preserved": self.digest_preserved}
+                "exact": self.exact, "digest_preserved": self.digest_preserved,
+                "digest_confirmed_by": self.confirmed_by or None}
 
 
 @dataclass
@@ -316,12 +332,8 @@ def check_omitted(client: RegistryClient, manifest: BundleManifest, repos: dict[
 def _catalog(client: RegistryClient, limit: int = 1000) -> list[str]:
     """The registry's repositories (``GET /v2/_catalog``), or [] where the registry does not list them."""
     try:
-        resp = client._request("GET", f"{client.base}/v2/_catalog?n={limit}", ("registry:catalog:*",),
-                               what="the repository list")
-        with resp:
-            names = resp.json().get("repositories") or []
-        return [n for n in names if isinstance(n, str)]
-    except (RegistryError, ValueError, AttributeError):
+        return client.catalog(limit)
+    except RegistryError:
         return []
 
 
@@ -353,13 +365,14 @@ def push_bundle(manifest: BundleManifest, locate: Callable[[str], Path], target:
             if on_image is not None:
                 on_image(img.ref, mapping[img.ref])
             data, media_type = manifests[img.manifest_digest]
-            got = client.put_manifest(repo, tag, data, media_type)
+            stored = client.store_manifest(repo, tag, data, media_type)
+            got = stored.digest
             if got != img.manifest_digest:
                 raise RegistryError(f"the registry {client.host} stored {mapping[img.ref]} as {got}, not as the "
                                     f"bundle's {img.manifest_digest}",
                                     "The registry rewrote the manifest; digest-pinned deployments would not match.")
             result.images.append(PushedImage(img.ref, mapping[img.ref], got, img.manifest_digest,
-                                             img.upstream_digest, img.exact))
+                                             img.upstream_digest, img.exact, stored.confirmed_by))
     finally:
         if own:
             client.close()
