@@ -8,7 +8,9 @@ from the registry (--mirror), split into 8 MiB parts, "burned" onto two "discs"
 (folders). The offline host is Docker Engine 26 with the **containerd image store**
 and Compose v2 (what new installs get): it runs a Toolkit stand-in at 3.5.10, and
 `overleaf-import` verifies the discs, loads the images (each tag's ID is the registry's
-manifest digest), walks the Toolkit through every step, pausing once for the
+manifest digest), estimates the maintenance window from the site's own data, rehearses the
+whole upgrade on a sandbox copy beside the real site, writes the change report (HTML and
+Markdown), then walks the Toolkit through every step, pausing once for the
 binary-files check, resumes to 6.2.2, and finally pushes the images to an internal
 registry with their digests unchanged.
 
@@ -120,10 +122,19 @@ def main() -> int:
             tk.wait_healthy()
             print(f"Toolkit at {os.fspath(tk)}: Overleaf {tk.version()}, running {tk.running_images()}")
 
-            banner("Offline: verify, load, upgrade")
+            banner("Offline: verify, load")
             media = [str(disc1), "--parts-from", str(disc2)]
             cli("overleaf-import", "verify", *media, env=off_env)
             cli("overleaf-import", "load", *media, env=off_env)
+
+            banner("Offline: plan the maintenance window: estimate, rehearsal on a copy, change report")
+            cli("overleaf-import", "estimate", *media, "--toolkit", os.fspath(tk), "--backup-dir",
+                str(work / "backups"), env=off_env)
+            cli("overleaf-import", "rehearse", *media, "--toolkit", os.fspath(tk), "--yes", env=off_env)
+            cli("overleaf-import", "report", *media, "--toolkit", os.fspath(tk), "--backup-dir", str(work / "backups"),
+                "--html", str(work / "change-report.html"), "--markdown", str(work / "change-report.md"), env=off_env)
+
+            banner("Offline: upgrade")
             up = ["upgrade", *media, "--toolkit", os.fspath(tk), "--yes", "--generate-secrets",
                   "--backup-dir", str(work / "backups")]
             cli("overleaf-import", *up, "--dry-run", env=off_env)
