@@ -93,6 +93,9 @@ def load_verified(vb: VerifiedBundle, replace_tags: bool):
         warn(f"{safe(ref)} will be moved to the bundle's image (--replace-tags)")
     say(f"Engine {safe(eng.engine_name())} ({info.version}, {plan.store} image store): {len(plan.load)} image(s) to load ({human_size(plan.send_bytes)} to send), "
         f"{len(plan.tag_only)} to tag, {len(plan.present)} already present")
+    hint = eng.unpigz_hint(plan.store, plan.gzip_layer_bytes)
+    if hint:
+        say(f"note: {hint}")
     start = time.monotonic()
     bar = progress(vb.manifest.payload_size, "load") if plan.load else None
     try:

@@ -2,7 +2,7 @@
 # Set-up shared by the README's two commands (tests/run.sh, tests/demo.sh):
 # installs what the demo and the integration tests run for real, unless already there:
 # Debian packages (Docker Engine, Docker Compose, a Distribution registry, a static busybox,
-# skopeo, zstd, git, openssl; Chromium and a font for the change report's browser test),
+# skopeo, zstd, pigz (the classic-store engine gunzips layers with its unpigz), git, openssl; Chromium and a font for the change report's browser test),
 # Docker Engine 26 for the containerd image store, and this project with its test extras.
 # Works as root on a fresh Debian 12 or Debian 13 without a terminal; quick when all is installed.
 #
@@ -44,7 +44,7 @@ if ! [ "$engine_major" -gt 0 ] 2>/dev/null; then
   exit 1
 fi
 
-packages=(docker.io docker-compose docker-registry busybox-static skopeo zstd git openssl chromium fonts-dejavu-core)
+packages=(docker.io docker-compose docker-registry busybox-static skopeo zstd pigz git openssl chromium fonts-dejavu-core)
 if [ "$engine_major" -ge 26 ] && ! command -v docker >/dev/null; then
   packages+=(docker-cli)  # from Debian 13 on, the Docker CLI is a package of its own
 fi

@@ -394,3 +394,27 @@ def test_image_store_and_api_version():
         check_api_version(EngineInfo("x", ok, "linux", "x86_64", "overlay2", "classic", "", None))
     assert not EngineInfo("20.10.24", "1.41", "l", "a", "d", "classic", "", None).takes_zstd_layers
     assert EngineInfo("26.1.5", "1.45", "l", "a", "d", "containerd", "", None).takes_zstd_layers
+
+
+def test_a_classic_load_of_gzip_layers_suggests_pigz_only_where_it_helps(tmp_path, monkeypatch):
+    """The note comes for a local classic-store engine, gzip layers to send and no unpigz on the PATH;
+    not for the containerd store, not with nothing gzip to send, not once unpigz is there."""
+    from importer.images.engine import unpigz_hint
+
+    empty, with_pigz = tmp_path / "empty", tmp_path / "bin"
+    empty.mkdir()
+    with_pigz.mkdir()
+    tool = with_pigz / "unpigz"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.setenv("PATH", str(empty))
+    note = unpigz_hint("classic", 2_000_000_000)
+    assert note is not None and "2.00 GB" in note and "apt-get install pigz" in note
+    assert unpigz_hint("containerd", 2_000_000_000) is None
+    assert unpigz_hint("classic", 0) is None
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.1:2376")   # a remote engine: its host's PATH is not ours
+    assert unpigz_hint("classic", 2_000_000_000) is None
+    monkeypatch.delenv("DOCKER_HOST")
+    monkeypatch.setenv("PATH", str(with_pigz))
+    assert unpigz_hint("classic", 2_000_000_000) is None

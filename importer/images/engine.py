@@ -23,6 +23,7 @@ supported, with either image store, read from ``/info`` (``DriverStatus``
 from __future__ import annotations
 
 import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
@@ -128,6 +129,20 @@ class EngineInfo:
         """What a receipt carries about the engine (no local paths)."""
         return {"version": self.version, "api_version": self.api_version, "os": self.os, "arch": self.arch,
                 "storage_driver": self.driver, "image_store": self.image_store}
+
+
+def unpigz_hint(store: str, gzip_bytes: int) -> str | None:
+    """A note for a classic-store load of gzip layers on a local engine whose host has no ``unpigz``.
+
+    The classic store decompresses every gzip layer itself, one after the other; from Engine 20.10 on it
+    runs ``unpigz`` (Debian package ``pigz``) for that when it finds it in its PATH, else Go's gzip reader
+    (measured here: 4 layers, 374 MiB of tar, 174 MiB gzip: plain tars loaded in 2.9-3.5 s, the gzip ones
+    in 3.8-4.1 s with unpigz, 5.9-6.1 s without). The containerd store and plain/zstd layers do not need it.
+    """
+    if store != "classic" or gzip_bytes <= 0 or not _is_local() or shutil.which("unpigz") is not None:
+        return None
+    return (f"the engine decompresses {gzip_bytes / 1e9:.2f} GB of gzip layers itself; with pigz installed "
+            "(apt-get install pigz: it gives unpigz, which Engine 20.10 and newer use) that goes faster")
 
 
 def _is_local() -> bool:

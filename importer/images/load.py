@@ -89,6 +89,11 @@ class LoadPlan:
         return img.expected_id(self.store)
 
     @property
+    def gzip_layer_bytes(self) -> int:
+        """Bytes of the gzip layers to send (what a classic-store engine decompresses itself)."""
+        return sum(b.size for b in self.send.values() if b.kind == "layer" and LAYER_TYPES.get(b.media_type) == "gzip")
+
+    @property
     def send_bytes(self) -> int:
         return sum(b.size for b in self.send.values())
 
