@@ -23,6 +23,7 @@ from manifests.console import CTX, command, emit_json, progress, safe, say, warn
 
 from importer.images import engine as eng
 from importer.cli_common import load_verified as _load, verified as _verified
+from importer.options import BundleArg, DowngradeOpt, ExpiredOpt, JsonOpt, PartsOpt, TrustOpt
 from importer.images.hoststate import HostState, state_path
 from importer.images.verify import VerifiedBundle, summary
 
@@ -30,17 +31,6 @@ app = typer.Typer(name="overleaf-import", no_args_is_help=True, add_completion=F
                   pretty_exceptions_enable=False,
                   help="Verify, load and push signed Overleaf image bundles on an offline host.")
 
-TrustOpt = typer.Option(None, "--trust", metavar="PUBKEY",
-                        help="Trust this Ed25519 public key (.pub, PEM); repeatable. Without it, the *.pub files of "
-                             "the trust folder (/etc/overleaf-airgap/trusted.d, env OVERLEAF_AIRGAP_TRUST_DIR).")
-PartsOpt = typer.Option(None, "--parts-from", metavar="DIR",
-                        help="Another folder holding parts (one per disc); repeatable. In a terminal you are asked "
-                             "for the next disc's folder when a part is missing.")
-ExpiredOpt = typer.Option(False, "--allow-expired", help="Accept a bundle past its expiry date (with a warning).")
-DowngradeOpt = typer.Option(False, "--allow-downgrade",
-                            help="Accept a bundle older than the last one this host accepted (with a warning).")
-JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
-BundleArg = typer.Argument(..., metavar="BUNDLE_DIR", help="The bundle folder (the one holding manifest.json).")
 
 
 @app.callback()

@@ -21,6 +21,8 @@ from manifests.console import CTX, command, emit_json, interactive, say, warn
 
 from manifests.errors import PreflightError
 
+from importer.options import BundleArg, DowngradeOpt, ExpiredOpt, PartsOpt, TrustOpt
+
 # importer.upgrade (and the Docker SDK and YAML under it) is imported inside the commands: start-up time
 
 ToolkitOpt = typer.Option(..., "--toolkit", metavar="DIR", help="The Overleaf Toolkit folder (with bin/ and config/).")
@@ -40,12 +42,12 @@ def _ask(question: str) -> bool:
 
 
 @command
-def upgrade(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="The bundle folder (with manifest.json)."),
+def upgrade(bundle_dir: Path = BundleArg,
             toolkit: Path = ToolkitOpt,
-            trust: Optional[List[Path]] = typer.Option(None, "--trust", metavar="PUBKEY", help="Trusted public key; repeatable."),
-            parts_from: Optional[List[Path]] = typer.Option(None, "--parts-from", metavar="DIR", help="More part folders."),
-            allow_expired: bool = typer.Option(False, "--allow-expired", help="Accept a bundle past its expiry date (with a warning)."),
-            allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Accept a bundle older than the last one this host accepted (with a warning)."),
+            trust: Optional[List[Path]] = TrustOpt,
+            parts_from: Optional[List[Path]] = PartsOpt,
+            allow_expired: bool = ExpiredOpt,
+            allow_downgrade: bool = DowngradeOpt,
             replace_tags: bool = typer.Option(False, "--replace-tags", help="Move tags that name other images here to the bundle's images."),
             yes: bool = typer.Option(False, "--yes", "-y", help="Answer yes to every question (not to manual checks)."),
             dry_run: bool = typer.Option(False, "--dry-run", help="Print what would happen; change nothing."),
@@ -102,12 +104,12 @@ def upgrade(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="T
 
 
 @command
-def rehearse(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="The bundle folder (with manifest.json)."),
+def rehearse(bundle_dir: Path = BundleArg,
              toolkit: Path = ToolkitOpt,
-             trust: Optional[List[Path]] = typer.Option(None, "--trust", metavar="PUBKEY", help="Trusted public key; repeatable."),
-             parts_from: Optional[List[Path]] = typer.Option(None, "--parts-from", metavar="DIR", help="More part folders."),
-             allow_expired: bool = typer.Option(False, "--allow-expired", help="Accept a bundle past its expiry date (with a warning)."),
-             allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Accept a bundle older than the last one this host accepted (with a warning)."),
+             trust: Optional[List[Path]] = TrustOpt,
+             parts_from: Optional[List[Path]] = PartsOpt,
+             allow_expired: bool = ExpiredOpt,
+             allow_downgrade: bool = DowngradeOpt,
              replace_tags: bool = typer.Option(False, "--replace-tags", help="Move tags that name other images here to the bundle's images."),
              sandbox: Optional[Path] = typer.Option(None, "--sandbox", metavar="DIR", help="Where the sandbox goes (a new folder; default: TOOLKIT.rehearsal-STAMP beside the Toolkit)."),
              keep: bool = typer.Option(False, "--keep", help="Leave the sandbox (running, under its own names) for a look."),
@@ -165,12 +167,12 @@ def _verify_front(bundle_dir: Path, trust: Optional[List[Path]], parts_from: Opt
 
 
 @command
-def estimate(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="The bundle folder (with manifest.json)."),
+def estimate(bundle_dir: Path = BundleArg,
              toolkit: Path = ToolkitOpt,
-             trust: Optional[List[Path]] = typer.Option(None, "--trust", metavar="PUBKEY", help="Trusted public key; repeatable."),
-             parts_from: Optional[List[Path]] = typer.Option(None, "--parts-from", metavar="DIR", help="More part folders."),
-             allow_expired: bool = typer.Option(False, "--allow-expired", help="Accept a bundle past its expiry date (with a warning)."),
-             allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Accept a bundle older than the last one this host accepted (with a warning)."),
+             trust: Optional[List[Path]] = TrustOpt,
+             parts_from: Optional[List[Path]] = PartsOpt,
+             allow_expired: bool = ExpiredOpt,
+             allow_downgrade: bool = DowngradeOpt,
              backup_dir: Optional[Path] = typer.Option(None, "--backup-dir", help="Where the upgrade's backups will go (default: TOOLKIT-backups beside the Toolkit): its free space is checked."),
              json_out: bool = typer.Option(False, "--json", help="Print the estimate as JSON on stdout.")) -> None:
     """Estimate each plan step's downtime and disk from the site's own data, with the rate behind each figure."""
@@ -186,14 +188,14 @@ def estimate(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="
 
 
 @command
-def report(bundle_dir: Path = typer.Argument(..., metavar="BUNDLE_DIR", help="The bundle folder (with manifest.json)."),
+def report(bundle_dir: Path = BundleArg,
            toolkit: Path = ToolkitOpt,
            html: Optional[Path] = typer.Option(None, "--html", metavar="FILE", help="Write the report as one self-contained HTML page."),
            markdown: Optional[Path] = typer.Option(None, "--markdown", metavar="FILE", help="Write the report as Markdown."),
-           trust: Optional[List[Path]] = typer.Option(None, "--trust", metavar="PUBKEY", help="Trusted public key; repeatable."),
-           parts_from: Optional[List[Path]] = typer.Option(None, "--parts-from", metavar="DIR", help="More part folders."),
-           allow_expired: bool = typer.Option(False, "--allow-expired", help="Accept a bundle past its expiry date (with a warning)."),
-           allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Accept a bundle older than the last one this host accepted (with a warning)."),
+           trust: Optional[List[Path]] = TrustOpt,
+           parts_from: Optional[List[Path]] = PartsOpt,
+           allow_expired: bool = ExpiredOpt,
+           allow_downgrade: bool = DowngradeOpt,
            backup_dir: Optional[Path] = typer.Option(None, "--backup-dir", help="Where the upgrade's backups will go (default: TOOLKIT-backups beside the Toolkit)."),
            json_out: bool = typer.Option(False, "--json", help="Print a summary as JSON on stdout.")) -> None:
     """A change report for a change board: plan, images, estimates, rehearsal, preflight, risks, rollback points."""

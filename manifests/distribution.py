@@ -549,28 +549,24 @@ def _watched(conn: Any) -> None:
         watch.watch(conn)
 
 
-class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
-    """An HTTP connection that the running operation's :class:`_Watch` can shut down."""
+class _Watched:
+    """Mixed into a urllib3 connection: the running operation's :class:`_Watch` can shut it down."""
 
     def connect(self) -> None:
         _watched(self)
-        super().connect()
+        super().connect()  # type: ignore[misc]
 
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def request(self, *args: Any, **kwargs: Any) -> None:
         _watched(self)
-        super().request(*args, **kwargs)
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    """An HTTPS connection that the running operation's :class:`_Watch` can shut down."""
+class _WatchedHTTPConnection(_Watched, urllib3.connection.HTTPConnection):
+    """An HTTP connection under the operation's deadline."""
 
-    def connect(self) -> None:
-        _watched(self)
-        super().connect()
 
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        _watched(self)
-        super().request(*args, **kwargs)
+class _WatchedHTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
+    """An HTTPS connection under the operation's deadline."""
 
 
 class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):

@@ -173,7 +173,7 @@ def test_class_sizes_counts_a_long_class(tmp_path):
 
 def test_the_cli_module_only_parses_and_prints():
     deps = _imports("cli_upgrade")
-    assert deps <= {"upgrade", "cli_common"}, deps   # cli_common: the verify/load front ends shared with cli
+    assert deps <= {"upgrade", "cli_common", "options"}, deps   # cli_common: the verify/load front ends; options: shared
     text = (IMPORTER / "cli_upgrade.py").read_text()
     for orchestration in ("Journal", "ToolkitLock", "run_upgrade", "preflight(", "git"):
         assert orchestration not in text, orchestration
