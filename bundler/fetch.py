@@ -97,7 +97,7 @@ class BlobStore:
             return dest, False
         dest.parent.mkdir(parents=True, exist_ok=True)
         client.fetch_blob(repo, digest, dest, expected_size=size, on_bytes=on_bytes,
-                          partial=self.partial_path(digest))
+                          partial=self.partial_path(digest), durable=False)   # reused only after a re-hash
         return dest, True
 
 
