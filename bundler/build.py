@@ -237,7 +237,7 @@ class Builder:
         payload: tuple[PartWriter, list[BlobEntry]] | None = None
         try:
             if self.pipelined:
-                with timer.phase("fetch"):   # the payload is written meanwhile
+                with timer.phase("fetch+payload"):   # the payload is written while the layers download
                     images, omitted, payload = self._fetch_writing(work)
             else:
                 with timer.phase("fetch"):
@@ -252,7 +252,7 @@ class Builder:
                     self.r.log("collecting the importer's wheels")
                     wheel_paths = wheels_mod.collect_wheels(work.wheels, python=self.o.offline_python,
                                                             platforms=self.o.offline_platforms, log=self.r.log)
-            with timer.phase("write"):
+            with timer.phase("write" if payload is None else "finish"):   # finish: the files, sign, publish
                 summary = self._write_guarded(key, work, images, omitted, wheel_paths, payload)
         finally:
             work.close()
