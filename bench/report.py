@@ -71,7 +71,7 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         f"{x / 1e9:.2f} GB/s" if x else "", "2 GB/s")
     if "startup_seconds" in ratios:
         x = ratios.get("startup_seconds")
-        add("startup", "start-up: `overleaf-import verify --help`, wall time (median of 7)", x, "<=", 0.15,
+        add("startup", "start-up: `overleaf-import verify` of a folder with no bundle, wall time (median of 7)", x, "<=", 0.15,
             f"{x:.2f} s" if x else "", "0.15 s")
     mem = r.get("memory") or {}
     kinds = ["build"] + [f"load_{s}" for s in STORES]
@@ -319,7 +319,11 @@ def markdown_snippet(r: dict[str, Any]) -> str:
               "used (other work on the machine: noise). Each engine is emptied before each offline step. Debian 12's "
               "skopeo speaks Docker API 1.22, which Engine 26 refuses (minimum 1.24), so its copies into Engine 26 "
               "go through a small proxy that only rewrites the version in the request path (its CPU counts as "
-              "skopeo's). Engine 26's `docker save` was made once at set-up from images pulled from the registry.",
+              "skopeo's). Engine 26's `docker save` was made once at set-up from images pulled from the registry. "
+              "Start-up is the wall time of `overleaf-import verify` on a folder that holds no bundle (it stops at "
+              "the missing manifest, exit 14), median of 7 runs after one untimed run that writes the bytecode, as "
+              "an installed tool has it; Typer 0.29 imports pydantic (its own dependency) when it converts the "
+              "first option, about 0.1 s of that on this machine.",
               "", "Every ratio (median of the per-run ratios):", ""]
     lines += _md_table(("ratio", "value"), _ratio_rows(r)) + [""]
     lines += [f"Targets ({met} of {len(r['targets'])} met):", ""]

@@ -16,7 +16,9 @@ The phases, each a method of :class:`Builder`:
    blob is never fetched twice, a half-fetched one resumes (``<out>.partial/``).
 3. **delta**: layers a ``--have`` receipt shows on the offline host are left out.
 4. **write** the bundle into a stage folder: payload parts (strict ustar, hashed whole
-   and per segment), wheels with a hash-pinned requirements file, the Toolkit git
+   and per segment; for images fetched as the registries serve them, written during the
+   fetch: each blob goes into the parts, in payload order, as soon as it is complete and
+   verified in the store, see :class:`_PayloadPipe`), wheels with a hash-pinned requirements file, the Toolkit git
    bundle, the public key, README-OFFLINE.txt, then ``manifest.json.sig`` and
    ``manifest.json`` last; the manifest is parsed back and its signature checked, then
    the stage is renamed to ``--out``. An interrupted build never leaves a folder that
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -231,21 +234,26 @@ class Builder:
         timer = _Timer()
         t0 = time.monotonic()
         work = WorkDir(self.work_path).open()
+        payload: tuple[PartWriter, list[BlobEntry]] | None = None
         try:
-            with timer.phase("fetch"):
-                images = self._fetch(work)
-            if self.o.recompress:
-                with timer.phase("recompress"):
-                    images = self._recompress(work, images)
-            omitted = self._delta(images)
+            if self.pipelined:
+                with timer.phase("fetch+payload"):   # the payload is written while the layers download
+                    images, omitted, payload = self._fetch_writing(work)
+            else:
+                with timer.phase("fetch"):
+                    images = self._fetch(work)
+                if self.o.recompress:
+                    with timer.phase("recompress"):
+                        images = self._recompress(work, images)
+                omitted = self._delta(images)
             wheel_paths: list[Path] = []
             if self.o.importer:
                 with timer.phase("wheels"):
                     self.r.log("collecting the importer's wheels")
                     wheel_paths = wheels_mod.collect_wheels(work.wheels, python=self.o.offline_python,
                                                             platforms=self.o.offline_platforms, log=self.r.log)
-            with timer.phase("write"):
-                summary = self._write_guarded(key, work, images, omitted, wheel_paths)
+            with timer.phase("write" if payload is None else "finish"):   # finish: the files, sign, publish
+                summary = self._write_guarded(key, work, images, omitted, wheel_paths, payload)
         finally:
             work.close()
         summary["images"] = len(images)
@@ -296,6 +304,63 @@ class Builder:
                         raise
         return [images[r] for r in image_order(self.plan) if r in images]  # type: ignore[arg-type]
 
+    @property
+    def pipelined(self) -> bool:
+        """Whether the payload is written during the fetch: every image comes from a registry as it is
+        served (no ``--recompress``, no local image: those blobs exist only once the fetch is over)."""
+        return not self.o.recompress and not self.local_refs
+
+    def _fetch_writing(self, work: WorkDir) -> tuple[list[PackedImage], set[str], tuple[PartWriter, list]]:
+        """The fetch, with the payload written into the stage folder while the layers download.
+
+        Once every image is resolved (manifests and configs in the store) the payload order is known;
+        a writer thread then copies each blob into the parts as soon as the fetch has it complete and
+        verified, while the later layers still download. A failed write does not stop the fetch (what
+        is fetched is kept for the next run); its error is raised once the fetch is over.
+        """
+        from .fetch import BlobStore, fetch_images
+
+        store = BlobStore(work.path / "store")
+        stage, _ = stage_path(self.out, self.work_path)
+        if stage.exists():
+            shutil.rmtree(stage)
+        stage.mkdir(parents=True)
+        pipe = _PayloadPipe(stage, self.o.max_part_size, self.o.segment_size)
+        got: dict[str, Any] = {}
+
+        def resolved(fetched: list) -> None:
+            by_ref = {f.ref: PackedImage.from_fetched(f, store) for f in fetched}
+            images = [by_ref[r] for r in image_order(self.plan) if r in by_ref]  # type: ignore[arg-type]
+            got["images"], got["omitted"] = images, self._delta(images)
+            items = self._payload_items(stage, images, got["omitted"])
+            pipe.start(items, ready={d for i in images for d in (i.manifest_digest, i.id)})
+
+        refs = self.registry_refs
+        self.r.log(f"fetching {len(refs)} image(s) from their registries"
+                   + (f" through {', '.join(self.mirrors.to_list())}" if self.mirrors.rules else "")
+                   + "; the payload is written as the blobs arrive")
+        try:
+            with self.r.bar(None, "fetch") as bar:
+                try:
+                    fetch_images(refs, self.mirrors, self.platform, store, workers=self.o.workers,
+                                 on_bytes=bar.update, log=self.r.log, needed_by=self.needed_by,
+                                 on_resolved=resolved, on_blob=pipe.ready)
+                except OSError as exc:
+                    self._raise_if_full(exc, f"while downloading into {store.root}", work)
+                    raise
+        except BaseException:
+            pipe.abort()
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        try:
+            payload = pipe.finish()
+        except BaseException as exc:
+            shutil.rmtree(stage, ignore_errors=True)
+            if isinstance(exc, OSError):
+                self._raise_if_full(exc, f"while writing the bundle into {stage}", work)
+            raise
+        return got["images"], got["omitted"], payload
+
     def _recompress(self, work: WorkDir, images: list[PackedImage]) -> list[PackedImage]:
         from .fetch import BlobStore
         from .recompress import recompress_image
@@ -335,17 +400,19 @@ class Builder:
                                  "run the same build again: fetched blobs are reused.") from exc
 
     def _write_guarded(self, key: Ed25519PrivateKey, work: WorkDir, images: list[PackedImage], omitted: set[str],
-                       wheel_paths: list[Path]) -> dict[str, Any]:
+                       wheel_paths: list[Path], payload: tuple[PartWriter, list] | None = None) -> dict[str, Any]:
         stage, mode = stage_path(self.out, self.work_path)
         try:
-            return self._write(key, stage, mode, images, omitted, wheel_paths)
+            return self._write(key, stage, mode, images, omitted, wheel_paths, payload)
         except BaseException as exc:
             shutil.rmtree(stage, ignore_errors=True)
             if isinstance(exc, OSError):
                 self._raise_if_full(exc, f"while writing the bundle into {stage}", work)
             raise
 
-    def _write_payload(self, stage: Path, images: list[PackedImage], omitted: set[str]) -> tuple[PartWriter, list]:
+    def _payload_items(self, stage: Path, images: list[PackedImage],
+                       omitted: set[str]) -> list[tuple[BlobEntry, Path]]:
+        """The payload's blobs in payload order (said in the log; a warning when the stage lacks the room)."""
         blobs = _unique_blobs(images)
         order = payload_order([(i.manifest_digest, i.id, i.layers) for i in images], set(blobs) - omitted)
         total = sum(blobs[d][0].stored_size for d in order)
@@ -355,13 +422,17 @@ class Builder:
                         f"{human_size(total)}: the write will probably run out of space")
         self.r.log(f"writing {len(order)} blob(s), {human_size(total)}, into parts of at most "
                    f"{human_size(self.o.max_part_size)}")
-        with self.r.bar(total, "write") as bar:
+        return [blobs[d] for d in order]
+
+    def _write_payload(self, stage: Path, images: list[PackedImage], omitted: set[str]) -> tuple[PartWriter, list]:
+        items = self._payload_items(stage, images, omitted)
+        with self.r.bar(sum(e.stored_size for e, _ in items), "write") as bar:
             writer = PartWriter(stage, self.o.max_part_size, self.o.segment_size)
             try:
-                write_payload(writer, [blobs[d] for d in order], on_bytes=bar.update)
+                write_payload(writer, items, on_bytes=bar.update)
             finally:
                 writer.close()
-        return writer, [blobs[d][0] for d in order]
+        return writer, [e for e, _ in items]
 
     def _write_files(self, stage: Path, wheel_paths: list[Path]) -> tuple[list[FileRef], dict | None]:
         files: list[FileRef] = []
@@ -382,14 +453,17 @@ class Builder:
         return files, toolkit
 
     def _write(self, key: Ed25519PrivateKey, stage: Path, mode: str, images: list[PackedImage], omitted: set[str],
-               wheel_paths: list[Path]) -> dict[str, Any]:
+               wheel_paths: list[Path], payload: tuple[PartWriter, list] | None = None) -> dict[str, Any]:
         plan = self.plan
         assert plan is not None
         o = self.o
-        if stage.exists():
-            shutil.rmtree(stage)
-        stage.mkdir(parents=True)
-        writer, stored = self._write_payload(stage, images, omitted)
+        if payload is None:
+            if stage.exists():
+                shutil.rmtree(stage)
+            stage.mkdir(parents=True)
+            writer, stored = self._write_payload(stage, images, omitted)
+        else:   # written during the fetch (_fetch_writing), into this stage
+            writer, stored = payload
         files, toolkit = self._write_files(stage, wheel_paths)
 
         created = utc_now()
@@ -445,6 +519,81 @@ class Builder:
             "toolkit": toolkit, "delta": ({"receipt_sha256": delta["receipt_sha256"], "store": delta["store"],
                                            "omitted_layers": len(omitted)} if delta else None),
         }
+
+
+class _Aborted(Exception):
+    """The fetch failed: the payload writer stops waiting for blobs that will not come."""
+
+
+class _PayloadPipe:
+    """The payload written on a thread of its own while the fetch runs (:meth:`Builder._fetch_writing`).
+
+    :meth:`start` gets the blobs in payload order; the writer copies each into a
+    :class:`~manifests.payload.PartWriter` as soon as :meth:`ready` named it (the fetch stage calls it when
+    the blob is complete and verified in the store), so the parts grow while later layers download.
+    The blob store stays the source of truth: an interrupted build resumes from it, and the size of each
+    blob is checked again as it is copied (:func:`bundler.assemble.write_payload`).
+    """
+
+    def __init__(self, stage: Path, max_part_size: int, segment_size: int) -> None:
+        self.stage, self.max_part_size, self.segment_size = stage, max_part_size, segment_size
+        self._cond = threading.Condition()
+        self._ready: set[str] = set()
+        self._aborted = False
+        self._thread: threading.Thread | None = None
+        self._result: tuple[PartWriter, list[BlobEntry]] | None = None
+        self._error: BaseException | None = None
+
+    def ready(self, digest: str) -> None:
+        """``digest`` is complete and verified in the store (called from the fetch threads)."""
+        with self._cond:
+            self._ready.add(digest)
+            self._cond.notify_all()
+
+    def start(self, items: list[tuple[BlobEntry, Path]], ready: set[str]) -> None:
+        """Start writing ``items`` (payload order); ``ready``: the digests the store holds already."""
+        with self._cond:
+            self._ready |= ready
+        self._thread = threading.Thread(target=self._run, args=(items,), name="payload-writer", daemon=True)
+        self._thread.start()
+
+    def _in_order(self, items: list[tuple[BlobEntry, Path]]) -> Iterator[tuple[BlobEntry, Path]]:
+        for entry, path in items:
+            with self._cond:
+                while entry.digest not in self._ready and not self._aborted:
+                    self._cond.wait()
+                if self._aborted:
+                    raise _Aborted()
+            yield entry, path
+
+    def _run(self, items: list[tuple[BlobEntry, Path]]) -> None:
+        try:
+            writer = PartWriter(self.stage, self.max_part_size, self.segment_size)
+            try:
+                write_payload(writer, self._in_order(items))
+            finally:
+                writer.close()
+            self._result = (writer, [e for e, _ in items])
+        except BaseException as exc:  # noqa: BLE001 - raised by finish() in the build's thread
+            self._error = exc
+
+    def abort(self) -> None:
+        """The fetch failed: stop the writer (it may be waiting for a blob) and wait for it."""
+        with self._cond:
+            self._aborted = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def finish(self) -> tuple[PartWriter, list[BlobEntry]]:
+        """After a fetch that succeeded: wait for the last blobs to be written; the writer's error, if any."""
+        if self._thread is None:
+            raise OutputError("internal error: the payload writer was never started")
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
 
 
 def _unique_blobs(images: list[PackedImage]) -> dict[str, tuple[BlobEntry, Path]]:

@@ -99,7 +99,7 @@ class BlobStore:
             return dest, False
         dest.parent.mkdir(parents=True, exist_ok=True)
         client.fetch_blob(repo, digest, dest, expected_size=size, on_bytes=on_bytes,
-                          partial=self.partial_path(digest))
+                          partial=self.partial_path(digest), durable=False)   # reused only after a re-hash
         return dest, True
 
 
@@ -288,6 +288,8 @@ def fetch_images(
     credentials: Credentials | None = None,
     insecure: Sequence[str] = (),
     clients: dict[str, RegistryClient] | None = None,
+    on_resolved: Callable[[list[FetchedImage]], None] | None = None,
+    on_blob: Callable[[str], None] | None = None,
 ) -> list[FetchedImage]:
     """Resolve and download ``refs`` (plan references) for ``platform`` into ``store``.
 
@@ -295,6 +297,9 @@ def fetch_images(
     ``log(line)`` gets one line per resolved image; ``needed_by(ref)`` names the plan steps for
     error messages. ``insecure`` lists registry hosts reached over plain HTTP (loopback always is).
     ``clients`` (host -> client) may be passed in to reuse connections and tokens across calls.
+    ``on_resolved(images)`` is called once every image is resolved (its manifest and config are in the
+    store), before any layer is fetched; ``on_blob(digest)`` (from worker threads) each time a layer is
+    complete and verified in the store: the build writes the payload while the other layers download.
     Returns one :class:`FetchedImage` per distinct reference, in the order given.
     """
     wanted = [canonical(r) for r in refs]
@@ -370,6 +375,8 @@ def fetch_images(
             return [f.result() for f in futures]
 
     images: list[FetchedImage] = run_all([lambda r=r: resolve_one(r) for r in wanted])
+    if on_resolved is not None:
+        on_resolved(images)
 
     # layers, deduplicated by digest across images
     jobs: dict[str, tuple[FetchedImage, Descriptor]] = {}
@@ -390,6 +397,8 @@ def fetch_images(
     def fetch_layer(img: FetchedImage, layer: Descriptor) -> None:
         try:
             store.fetch(client_for(img.registry), img.repository, layer.digest, layer.size, progress)
+            if on_blob is not None:
+                on_blob(layer.digest)
         except _Cancelled:
             raise
         except AirgapError as err:

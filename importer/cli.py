@@ -14,23 +14,24 @@ exit with the error's code (see manifests/errors.py). More commands (``upgrade``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from manifests.bundle import utc_now
 from manifests.console import CTX, command, emit_json, progress, safe, say, warn
 
-from importer.images import engine as eng
 from importer.cli_common import load_verified as _load, verified as _verified
 from importer.options import BundleArg, DowngradeOpt, ExpiredOpt, JsonOpt, PartsOpt, TrustOpt
-from importer.images.hoststate import HostState, state_path
-from importer.images.verify import VerifiedBundle, summary
+
+if TYPE_CHECKING:
+    from importer.images.verify import VerifiedBundle
+
+# Start-up time: the Docker SDK, requests, YAML, zstandard, the planner and the upgrade package are imported
+# in the commands that use them, not here (tests/test_startup.py checks `--help` and `verify` stay light).
 
 app = typer.Typer(name="overleaf-import", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False,
                   help="Verify, load and push signed Overleaf image bundles on an offline host.")
-
 
 
 @app.callback()
@@ -40,6 +41,9 @@ def _global(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show ca
 
 
 def _verify_json(vb: VerifiedBundle) -> dict:
+    from importer.images.hoststate import state_path
+    from importer.images.verify import summary
+
     r = vb.report
     return {"ok": True, "bundle": summary(vb), "signer": vb.signer, "warnings": vb.warnings,
             "checked": {"files": sorted(r.checked), "bytes": r.bytes, "seconds": round(r.seconds, 3),
@@ -132,6 +136,9 @@ def push(bundle_dir: Path = BundleArg,
 def inventory(out: Path = typer.Option(..., "--out", metavar="FILE", help="Where to write the receipt (JSON)."),
               json_out: bool = JsonOpt) -> None:
     """Write a receipt of the images this engine holds, for `overleaf-bundle build --have FILE`."""
+    from manifests.bundle import utc_now
+    from importer.images import engine as eng
+    from importer.images.hoststate import HostState
     from importer.images.inventory import make_receipt, write_receipt
 
     client = eng.connect()

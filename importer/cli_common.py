@@ -20,7 +20,6 @@ from manifests.console import interactive, progress, safe, say, warn
 from manifests.errors import UsageError
 from manifests.units import human_size
 
-from importer.images import engine as eng
 from importer.images.hoststate import HostState, load_trusted
 from importer.images.verify import BundleFolders, VerifiedBundle, describe_missing, verify_bundle
 
@@ -79,6 +78,7 @@ def verified(bundle_dir: Path, trust: Optional[List[Path]], parts_from: Optional
 
 
 def load_verified(vb: VerifiedBundle, replace_tags: bool):
+    from importer.images import engine as eng  # here: `verify` needs no Docker SDK (start-up time)
     from importer.images.load import execute, plan_load
     from importer.images.verify import accept_bundle
 

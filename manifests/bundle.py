@@ -48,11 +48,14 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ManifestFormatError, PlanError
-from .planner import UpgradePlan, check_image_ref
+from .imageref import check_image_ref
 from .safeio import loads_json
+
+if TYPE_CHECKING:
+    from .planner import UpgradePlan
 
 FORMAT = "overleaf-airgap-bundle"
 SCHEMA = 2
@@ -216,6 +219,8 @@ class BundleManifest:
 
     @property
     def upgrade_plan(self) -> UpgradePlan:
+        from .planner import UpgradePlan  # here: the planner (and its catalog) is not start-up cost
+
         return UpgradePlan.from_dict(self.plan)
 
     @property
@@ -386,6 +391,8 @@ def _validate(d: dict[str, Any]) -> BundleManifest:
     seq = _int(d["sequence"], "sequence", MAX_SEQUENCE)
     created, expires = parse_iso(d["created"]), parse_iso(d["expires"])
     _need(expires > created, "expires must be after created")
+    from .planner import UpgradePlan
+
     UpgradePlan.from_dict(d["plan"])
     _need(d["edition"] in ("ce", "pro"), "edition must be ce or pro")
     _need(d.get("recompress") in (None, "zstd"), "recompress must be null or zstd")

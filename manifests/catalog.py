@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -193,17 +192,24 @@ def default_overlay_path() -> Path:
     return Path(base) / "overleaf-airgap" / "catalog-overlay.yaml"
 
 
+def _safe_yaml(yaml: Any, text: str) -> Any:
+    """``yaml.safe_load`` through libyaml when PyYAML has it (5x faster: the catalog is read by every verify)."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def load_catalog(path: Path | None = None, overlay: Path | None | bool = None) -> Catalog:
     """Load and validate the catalog; ``overlay=False`` ignores the local overlay."""
     import yaml  # here, not at the top: start-up time of the commands that need no YAML
 
     if path is None:
+        from importlib import resources  # here: importlib.resources (and zipfile) is start-up time too
+
         text = resources.files("manifests").joinpath("catalog/releases.yaml").read_text("utf-8")
         where = "manifests/catalog/releases.yaml"
     else:
         text, where = Path(path).read_text("utf-8"), str(path)
     try:
-        data = yaml.safe_load(text)
+        data = _safe_yaml(yaml, text)
     except yaml.YAMLError as exc:
         raise CatalogError(f"{where}: not valid YAML: {exc}") from exc
     cat = parse_catalog(data, where)
@@ -370,7 +376,7 @@ def load_overlay(path: Path) -> list[Release]:
     import yaml  # here, not at the top: start-up time of the commands that need no YAML
 
     try:
-        data = yaml.safe_load(Path(path).read_text("utf-8")) or {}
+        data = _safe_yaml(yaml, Path(path).read_text("utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise CatalogError(f"overlay {path}: cannot read: {exc}",
                            "Fix or delete the overlay file; `overleaf-bundle catalog refresh` writes it again.") from exc

@@ -172,10 +172,41 @@ def _fail(err: AirgapError, cause: BaseException) -> None:
     raise SystemExit(err.exit_code)
 
 
+class _NoBar:
+    """What :func:`progress` returns when no bar is shown: counts like tqdm's, prints nothing, imports nothing."""
+
+    def __init__(self, total: int | None) -> None:
+        self.total, self.n = total, 0
+
+    def update(self, n: int = 1) -> None:
+        """Count ``n`` more."""
+        self.n += n
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        """Nothing to show."""
+
+    def refresh(self) -> None:
+        """Nothing to redraw."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def __enter__(self) -> "_NoBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def progress(total: int | None, desc: str, unit: str = "B", **kw: Any):
-    """A tqdm bar on stderr, hidden when stderr is not a terminal unless forced."""
+    """A tqdm bar on stderr, hidden when stderr is not a terminal unless forced.
+
+    A hidden bar is a :class:`_NoBar`: scripts and ``--json`` runs do not pay tqdm's import at start-up.
+    """
+    force = kw.pop("force", False)
+    if not force and not sys.stderr.isatty():
+        return _NoBar(total)
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", unit_divisor=1024 if unit == "B" else 1000,
-                file=sys.stderr, disable=not sys.stderr.isatty() and not kw.pop("force", False),
-                dynamic_ncols=True, leave=False, **kw)
+                file=sys.stderr, dynamic_ncols=True, leave=False, **kw)

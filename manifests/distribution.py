@@ -1092,87 +1092,98 @@ class RegistryClient:
 
     def fetch_blob(self, repo: str, digest: str, dest: Path, *, expected_size: int | None = None,
                    on_bytes: Callable[[int], None] | None = None, partial: Path | None = None,
-                   retries: int = 3) -> Path:
+                   retries: int = 3, durable: bool = True) -> Path:
         """Download blob ``digest`` of ``repo`` into ``dest``, checked while it streams.
 
         Bytes go to ``partial`` (default ``dest`` + ``.partial``); an existing partial file is
         re-hashed and resumed with ``Range: bytes=N-`` when the registry answers 206, else the
         download restarts. A dropped connection resumes up to ``retries`` times; if it still
         fails, the partial file stays for the next run. Wrong bytes remove the partial file and
-        raise :class:`BlobDigestError`. On success: fsync, rename to ``dest``.
+        raise :class:`BlobDigestError`. On success: fsync (unless not ``durable``), rename to ``dest``.
+        ``durable=False`` is for a cache that re-hashes every file before it reuses one (the build's
+        blob store): a blob cut short by a crash is then fetched again, and a blob that lives only for
+        one build need never reach the disk. A kept partial file whose bytes turn out wrong is fetched
+        again from byte 0, once.
         """
         check_digest(digest)
         dest = Path(dest)
         part = Path(partial) if partial is not None else dest.with_name(dest.name + ".partial")
         part.parent.mkdir(parents=True, exist_ok=True)
         what = f"blob {digest} of {repo}"
-        failures = 0
-        while True:
-            offset, hasher = _rehash(part, digest, expected_size)
-            if expected_size is not None and offset == expected_size:
+        for attempt in (1, 2):   # a second time from byte 0 when a kept partial file was bad
+            resumed = part.exists()
+            failures = 0
+            while True:
+                offset, hasher = _rehash(part, digest, expected_size)
+                if expected_size is not None and offset == expected_size:
+                    break
+                remaining = expected_size - offset if expected_size is not None else 0
+                check_room(part.parent, remaining, what)
+                with self._deadline(remaining) as watch:
+                    headers = {"Range": f"bytes={offset}-"} if offset else {}
+                    resp = self._request("GET", self._url(repo, "blobs", digest), (f"repository:{repo}:pull",),
+                                         what=what, headers=headers, ok=(200, 206, 416))
+                    with resp:
+                        if resp.status_code == 416 or (resp.status_code == 206 and not _range_starts_at(resp, offset)):
+                            part.unlink(missing_ok=True)
+                            failures += 1
+                            if failures > retries:
+                                raise RegistryError(f"the registry {self.host} answered a resumed download of {what} wrongly")
+                            continue
+                        if resp.status_code == 200 and offset:
+                            offset, hasher = 0, _hasher(digest)
+                        length = _content_length(resp)
+                        if expected_size is None and length:
+                            watch.extend(length / self.min_rate)
+                        received = 0
+                        # count short bodies ourselves, so that bytes before a dropped connection are kept
+                        if hasattr(resp.raw, "enforce_content_length"):
+                            resp.raw.enforce_content_length = False
+                        try:
+                            with open(part, "ab" if offset else "wb") as fh:
+                                for chunk in resp.iter_content(CHUNK):
+                                    received += len(chunk)
+                                    if expected_size is not None and offset + received > expected_size:
+                                        fh.close()
+                                        part.unlink(missing_ok=True)
+                                        raise BlobDigestError(
+                                            f"the registry {self.host} sent more than the {expected_size} bytes of {what}",
+                                            "The registry (or a proxy) is broken; try again or use another mirror.")
+                                    fh.write(chunk)
+                                    hasher.update(chunk)
+                                    if on_bytes is not None:
+                                        on_bytes(len(chunk))
+                                fh.flush()
+                                if durable:
+                                    os.fsync(fh.fileno())
+                            if length is not None and received < length:
+                                raise requests.exceptions.ChunkedEncodingError(f"got {received} of {length} bytes")
+                        except requests.exceptions.RequestException as exc:
+                            failures += 1
+                            if failures > retries or watch.fired:      # a drip is not retried
+                                err = self._network_error(exc, resp.url, what)
+                                raise type(err)(err.message + " (the partial download is kept)",
+                                                "Run the same command again: the download resumes where it stopped.") from None
+                            continue
+                        late = self._deadline_error(resp.url, what)     # cut short without an error: no content length
+                        if late is not None:
+                            raise type(late)(late.message + " (the partial download is kept)", late.hint)
                 break
-            remaining = expected_size - offset if expected_size is not None else 0
-            check_room(part.parent, remaining, what)
-            with self._deadline(remaining) as watch:
-                headers = {"Range": f"bytes={offset}-"} if offset else {}
-                resp = self._request("GET", self._url(repo, "blobs", digest), (f"repository:{repo}:pull",),
-                                     what=what, headers=headers, ok=(200, 206, 416))
-                with resp:
-                    if resp.status_code == 416 or (resp.status_code == 206 and not _range_starts_at(resp, offset)):
-                        part.unlink(missing_ok=True)
-                        failures += 1
-                        if failures > retries:
-                            raise RegistryError(f"the registry {self.host} answered a resumed download of {what} wrongly")
-                        continue
-                    if resp.status_code == 200 and offset:
-                        offset, hasher = 0, _hasher(digest)
-                    length = _content_length(resp)
-                    if expected_size is None and length:
-                        watch.extend(length / self.min_rate)
-                    received = 0
-                    # count short bodies ourselves, so that bytes before a dropped connection are kept
-                    if hasattr(resp.raw, "enforce_content_length"):
-                        resp.raw.enforce_content_length = False
-                    try:
-                        with open(part, "ab" if offset else "wb") as fh:
-                            for chunk in resp.iter_content(CHUNK):
-                                received += len(chunk)
-                                if expected_size is not None and offset + received > expected_size:
-                                    fh.close()
-                                    part.unlink(missing_ok=True)
-                                    raise BlobDigestError(
-                                        f"the registry {self.host} sent more than the {expected_size} bytes of {what}",
-                                        "The registry (or a proxy) is broken; try again or use another mirror.")
-                                fh.write(chunk)
-                                hasher.update(chunk)
-                                if on_bytes is not None:
-                                    on_bytes(len(chunk))
-                            fh.flush()
-                            os.fsync(fh.fileno())
-                        if length is not None and received < length:
-                            raise requests.exceptions.ChunkedEncodingError(f"got {received} of {length} bytes")
-                    except requests.exceptions.RequestException as exc:
-                        failures += 1
-                        if failures > retries or watch.fired:      # a drip is not retried
-                            err = self._network_error(exc, resp.url, what)
-                            raise type(err)(err.message + " (the partial download is kept)",
-                                            "Run the same command again: the download resumes where it stopped.") from None
-                        continue
-                    late = self._deadline_error(resp.url, what)     # cut short without an error: no content length
-                    if late is not None:
-                        raise type(late)(late.message + " (the partial download is kept)", late.hint)
-            break
-        actual = f"{digest.split(':', 1)[0]}:{hasher.hexdigest()}"
-        size = part.stat().st_size
-        if actual != digest or (expected_size is not None and size != expected_size):
+            actual = f"{digest.split(':', 1)[0]}:{hasher.hexdigest()}"
+            size = part.stat().st_size
+            if actual == digest and (expected_size is None or size == expected_size):
+                break
             part.unlink(missing_ok=True)
+            if attempt == 1 and resumed:   # bytes kept from an earlier run (cut short by a crash?): start over
+                continue
             raise BlobDigestError(
                 f"the registry {self.host} served bytes for {what} that do not match: got {actual}, {size} bytes"
                 + (f" (expected {expected_size})" if expected_size is not None else ""),
                 "The registry, a mirror or a proxy is broken or tampered with; the partial file was removed. "
                 "Run again, or fetch from another mirror.")
         os.replace(part, dest)
-        fsync_dir(dest.parent)
+        if durable:
+            fsync_dir(dest.parent)
         return dest
 
     # -- writing --

@@ -14,12 +14,26 @@ names live under ``library/``. The tag follows the last ``:`` after the last ``/
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from .errors import UsageError
+from .errors import PlanError, UsageError
 
 DOCKER_HUB = "docker.io"
 HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+IMAGE_REF_RE = re.compile(
+    r"^(?:[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?/)?"  # optional registry host[:port]/
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r":[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z"
+)
+
+
+def check_image_ref(ref: str) -> str:
+    """An exact ``name:tag`` reference with no shell metacharacters, or PlanError (plans and manifests use it)."""
+    if not isinstance(ref, str) or not IMAGE_REF_RE.match(ref):
+        raise PlanError(f"{ref!r} is not a valid image reference",
+                        "Use an exact name:tag such as quay.io/sharelatex/texlive-full:2025.1.")
+    return ref
 
 
 def is_registry_host(component: str) -> bool:

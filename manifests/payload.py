@@ -329,9 +329,20 @@ class PartWriter(io.RawIOBase):
 
 # --- reading parts, one verified segment at a time ---------------------------------------------
 def _open_part(path: Path, ref: PartRef):
-    return open_regular(path, f"part {ref.name}", IntegrityError,
-                        "Put it beside the manifest, or pass its folder with --parts-from; copy the real file "
-                        "from the original media.")
+    """The part at ``path``, opened read-only (a regular file, never a FIFO), read-ahead asked for.
+
+    ``POSIX_FADV_SEQUENTIAL`` is for :func:`check_part`: its threads read neighbouring segments at once,
+    which without the hint the kernel may take for random reads (a small read-ahead window). On a 2 GB
+    part evicted from the page cache, two threads spent 0.9-2.6 s of system time without it and
+    0.2-0.5 s with it (the disk of a shared virtual machine: the rates themselves were too noisy to rank)."""
+    fh = open_regular(path, f"part {ref.name}", IntegrityError,
+                      "Put it beside the manifest, or pass its folder with --parts-from; copy the real file "
+                      "from the original media.")
+    try:
+        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    except (AttributeError, OSError):   # no fadvise here (or not for this file system): only slower
+        pass
+    return fh
 
 
 def _bad_part(ref: PartRef, what: str) -> IntegrityError:

@@ -27,23 +27,11 @@ from typing import Any
 
 from .catalog import Catalog, Requirements
 from .errors import PlanError
+from .imageref import check_image_ref
 from .versions import AppVersion, MajorMinor, mongo_shell
 
 STEP_KINDS = ("backup", "app", "mongo", "redis", "migration", "config")
 PLAN_SCHEMA = 1
-IMAGE_REF_RE = re.compile(
-    r"^(?:[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?/)?"  # optional registry host[:port]/
-    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-    r":[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z"
-)
-
-
-def check_image_ref(ref: str) -> str:
-    """An exact ``name:tag`` reference with no shell metacharacters, or PlanError."""
-    if not isinstance(ref, str) or not IMAGE_REF_RE.match(ref):
-        raise PlanError(f"{ref!r} is not a valid image reference",
-                        "Use an exact name:tag such as quay.io/sharelatex/texlive-full:2025.1.")
-    return ref
 
 
 @dataclass(frozen=True)

@@ -180,10 +180,11 @@ def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None,
     read-ahead asked for); ``on_bytes(n)`` after each block (a progress bar). The one file hasher of
     both tools: bundle files at build and verify, backup trees at restore."""
     h = hashlib.sha256()
-    buf = bytearray(read_size)
-    view = memoryview(buf)
     total = 0
     with open(path, "rb", buffering=0) as fh:
+        # a small file gets a buffer its size (+1, to see the end in one read): no 1 MiB zeroed per wheel
+        buf = bytearray(max(1, min(read_size, os.fstat(fh.fileno()).st_size + 1)))
+        view = memoryview(buf)
         try:
             os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
         except (AttributeError, OSError):   # no fadvise here (or not for this file system): only slower

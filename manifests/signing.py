@@ -12,30 +12,40 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from .atomic import atomic_write_bytes
 from .errors import KeyError_
 from .limits import LIMITS
 from .safeio import read_regular
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+# cryptography is imported in the functions that use it: it costs start-up time to the commands
+# (help, a verify that stops before any key is read) that never touch a key.
+
 PASSPHRASE_ENV = "OVERLEAF_AIRGAP_KEY_PASSPHRASE"
 
 
 def key_id(public: Ed25519PublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return "ed25519:" + hashlib.sha256(raw).hexdigest()[:32]
 
 
 def public_pem(public: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def write_keypair(out: Path, passphrase: bytes | None) -> tuple[Path, Path, str]:
     """Write ``out`` (private, PEM PKCS8, 0600, encrypted when a passphrase is given) and ``out.pub``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     out = Path(out)
     pub_path = out.with_name(out.name + ".pub")
     for p in (out, pub_path):
@@ -52,6 +62,9 @@ def write_keypair(out: Path, passphrase: bytes | None) -> tuple[Path, Path, str]
 
 def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519PrivateKey:
     """The Ed25519 key in ``path``; an encrypted one needs ``passphrase`` (see ``bundler.keys`` for where from)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -75,6 +88,10 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519Priv
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     path = Path(path)
     try:  # bounded and non-blocking: a FIFO or a huge file in the trust folder cannot hang the importer
         data = read_regular(path, LIMITS.public_key, "the public key", KeyError_, follow_symlinks=True,
@@ -96,6 +113,8 @@ def sign(key: Ed25519PrivateKey, data: bytes) -> bytes:
 
 
 def verify(public: Ed25519PublicKey, signature: bytes, data: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     try:
         public.verify(signature, data)
         return True

@@ -42,14 +42,15 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable, Mapping
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .bundle import BundleManifest, iso, parse_iso
 from .errors import ExpiredBundleError, ManifestFormatError, RollbackError, SignatureError
 from .limits import LIMITS
 from .signing import verify
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 CLOCK_SKEW = timedelta(hours=24)
 

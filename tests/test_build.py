@@ -490,6 +490,39 @@ def test_kept_work_folder_is_reused_and_a_damaged_blob_fetched_again(registry, s
     assert manifest_of(tmp_path / "a").parts == manifest_of(tmp_path / "b").parts   # same bytes
 
 
+def test_payload_written_during_the_fetch_equals_the_two_pass_payload(registry, seeded, signing_key, tmp_path,
+                                                                      monkeypatch):
+    """The default build writes each blob into the parts while later layers still download
+    (bundler.build._PayloadPipe); the same plan built the two-pass way (fetch everything, then copy)
+    gives byte-identical parts. Both run in-process on the same registry, with no engine."""
+    from bundler.build import Builder, BuildOptions
+    from manifests.planner import PlanRequest
+    from manifests.signing import load_private_key
+
+    monkeypatch.setenv("DOCKER_HOST", NO_ENGINE)
+    key = load_private_key(signing_key, PASSPHRASE.encode())
+    request = PlanRequest(current="4.2.8", target="6.2.2", edition="ce", mongo="5.0", redis="6.2")
+    mirrors = (f"docker.io={mirror_prefix(registry)}", f"quay.io={mirror_prefix(registry)}/quay.io")
+
+    class TwoPass(Builder):
+        pipelined = False   # what --recompress and local images still do: fetch first, then write
+
+    built = {}
+    for name, cls in (("pipelined", Builder), ("two-pass", TwoPass)):
+        builder = cls(BuildOptions(request, out=tmp_path / name, max_part_size=2 * MiB, mirrors=mirrors,
+                                   importer=False, sequence=7))
+        builder.check()
+        assert builder.pipelined is (name == "pipelined")
+        summary = builder.run(key)
+        built[name] = [(p["name"], p["sha256"]) for p in summary["parts"]]
+        assert not (tmp_path / f"{name}.partial").exists()
+    assert len(built["pipelined"]) > 3 and built["pipelined"] == built["two-pass"]
+    m = manifest_of(tmp_path / "pipelined")
+    assert [(p.name, p.sha256) for p in m.parts] == built["pipelined"]
+    for p in m.parts:   # the signed part hashes are those of the files written
+        assert hashlib.sha256((tmp_path / "pipelined" / p.name).read_bytes()).hexdigest() == p.sha256
+
+
 # --- bad input ------------------------------------------------------------------------------------------------
 def test_image_missing_from_registry_names_the_step(registry, seeded, signing_key, tmp_path):
     out = tmp_path / "bundle"

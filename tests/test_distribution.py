@@ -362,6 +362,22 @@ def test_fetch_blob_resume_or_restart(tmp_path: Path, ranges: bool) -> None:
         assert sum(got) == (len(data) - 70_000 if ranges else len(data))
 
 
+@pytest.mark.parametrize("kept", [70_000, 200_000])
+def test_a_bad_kept_partial_is_fetched_again_from_byte_0(tmp_path: Path, kept: int) -> None:
+    """The build's blob store writes without fsync (durable=False): after a crash a kept partial file may
+    hold zeros. Its bytes then miss the digest, and the download starts over once instead of failing."""
+    data = blob("crash", 200_000)
+    with FakeRegistry() as fake:
+        fake.blobs[sha(data)] = data
+        dest = tmp_path / "d"
+        (tmp_path / "d.partial").write_bytes(b"\0" * kept)
+        RegistryClient(fake.address, credentials=Credentials.none()).fetch_blob(
+            "r/x", sha(data), dest, expected_size=len(data), durable=False)
+        assert dest.read_bytes() == data and not (tmp_path / "d.partial").exists()
+        ranges = [h.get("Range") for _, _, h in fake.log]
+        assert ranges == (["bytes=70000-", None] if kept < len(data) else [None])  # a full-size one: no resume
+
+
 def test_interrupted_download_keeps_partial_and_resumes(tmp_path: Path) -> None:
     data = blob("cut", 300_000)
     with FakeRegistry() as fake:

@@ -35,9 +35,7 @@ import stat
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from manifests.atomic import atomic_write_bytes
 from manifests.bundle import canonical_json
@@ -46,6 +44,9 @@ from manifests.limits import LIMITS
 from manifests.safeio import loads_json, read_regular
 from manifests.signing import key_id, load_public_key
 from manifests.trust import ROLLBACK_HINT, Accepted, check_sequence, last_accepted, rollback_problem
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 TRUST_DIR_ENV = "OVERLEAF_AIRGAP_TRUST_DIR"
 DEFAULT_TRUST_DIR = Path("/etc/overleaf-airgap/trusted.d")

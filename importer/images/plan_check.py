@@ -19,7 +19,6 @@ series, release candidates) are read from ``plan["options"]``; image name overri
 """
 from __future__ import annotations
 
-from importlib import metadata
 from itertools import product
 from typing import Any
 
@@ -32,6 +31,8 @@ TEXLIVE_SUFFIX = "-with-texlive-full"
 
 
 def own_version() -> str:
+    from importlib import metadata  # here: only a refusal names the version (importlib.metadata is start-up time)
+
     try:
         return metadata.version("overleaf-airgap")
     except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare source tree

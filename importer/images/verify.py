@@ -47,7 +47,6 @@ from manifests.signing import key_id, load_public_key
 from manifests.trust import Accepted, BundleTrust
 
 from importer.images.hoststate import HostState, TrustedKeys
-from importer.images.plan_check import check_plan
 
 ALLOWED_UNLISTED = frozenset({MANIFEST_NAME, SIGNATURE_NAME, PUBKEY_NAME, README_NAME})
 # folders that file systems and desktops create on removable media; never read, never reported
@@ -166,6 +165,14 @@ class VerifiedBundle:
     def parts_hashed(self) -> bool:
         """Whether every part was already hashed (False: the loader checks them while it reads them)."""
         return self.report.parts_hashed
+
+
+def check_plan(manifest: BundleManifest) -> None:
+    """:func:`importer.images.plan_check.check_plan`, imported on the first call: the planner, its catalog and
+    YAML are start-up time that a verify which stops before the plan check (no manifest, no key) never needs."""
+    from importer.images.plan_check import check_plan as plan_check
+
+    plan_check(manifest)
 
 
 def hash_workers() -> int:
