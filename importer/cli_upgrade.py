@@ -61,14 +61,13 @@ def upgrade(bundle_dir: Path = BundleArg,
     """Verify and load the bundle, then run its stepped upgrade on the Toolkit."""
     from importer.upgrade import UpgradeOptions, upgrade_toolkit
 
-    _verified, _load = _front_ends()
+    _load = _front_ends()[1]
     opts = UpgradeOptions(yes=yes, dry_run=dry_run, resume=resume, backup_dir=backup_dir,
                           health_timeout=health_timeout, generate_secrets=generate_secrets, update_toolkit=update_code)
 
     outcome = upgrade_toolkit(
         toolkit, opts, say=say, ask=_ask,
-        verify=lambda stream: _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade,
-                                        stream_parts=stream),
+        verify=_verify_front(bundle_dir, trust, parts_from, allow_expired, allow_downgrade),
         load=lambda vb: _load(vb, replace_tags))
     if outcome.nothing_to_resume:
         if CTX.json:
@@ -121,7 +120,7 @@ def rehearse(bundle_dir: Path = BundleArg,
     from manifests.errors import DeclinedError
     from importer.upgrade import RehearseOptions, rehearse_toolkit
 
-    _verified, _load = _front_ends()
+    _load = _front_ends()[1]
     opts = RehearseOptions(sandbox=sandbox, keep=keep, health_timeout=health_timeout)
 
     bar = None
@@ -144,8 +143,7 @@ def rehearse(bundle_dir: Path = BundleArg,
     try:
         record, path = rehearse_toolkit(
             toolkit, opts, say=say, on_step=on_step, load=load,
-            verify=lambda stream: _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade,
-                                            stream_parts=stream))
+            verify=_verify_front(bundle_dir, trust, parts_from, allow_expired, allow_downgrade))
     finally:
         if bar is not None:
             bar.close()
@@ -162,6 +160,7 @@ def rehearse(bundle_dir: Path = BundleArg,
 
 def _verify_front(bundle_dir: Path, trust: Optional[List[Path]], parts_from: Optional[List[Path]],
                   allow_expired: bool, allow_downgrade: bool) -> Callable[[bool], Any]:
+    """The verify front end of these options, as the upgrade machinery calls it (``stream``: parts read later)."""
     verified, _load = _front_ends()
     return lambda stream: verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade, stream_parts=stream)
 
