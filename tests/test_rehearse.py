@@ -283,6 +283,31 @@ def test_an_unconfirmed_upgrade_off_a_terminal_exits_5_and_changes_nothing(host,
     check_real_site_unchanged(tk, env, before, images, commands_before)
 
 
+def _wait_until_reading_the_terminal(pid: int, limit: float = 60) -> None:
+    """Wait until the child's main thread sleeps in read(0, ...), as a person typing would find it.
+
+    Typed the moment the question shows, a Ctrl-C can land between Python's last signal check and the
+    read() system call of input(): the handler only sets a flag, read() blocks with nothing left to read
+    (the terminal flushed its input), and the flag is not looked at until the next interruption. On a
+    loaded machine that window is wide enough to hit (a CI run did), so the keys go in once the child
+    is waiting for them; /proc/PID/syscall names the call and its first argument, the descriptor."""
+    import platform
+    import time
+
+    read_nr = {"x86_64": "0", "aarch64": "63", "riscv64": "63"}.get(platform.machine())
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            fields = Path(f"/proc/{pid}/syscall").read_text().split()
+        except OSError:
+            fields = []
+        if read_nr is None or (len(fields) > 1 and fields[0] == read_nr and int(fields[1], 16) == 0):
+            time.sleep(0.2 if read_nr is None else 0)
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the importer never waited for the terminal: /proc/{pid}/syscall = {fields}")
+
+
 def _run_on_a_terminal(env, args: list[str], answer_at: bytes, keys: bytes, timeout: float = 600) -> tuple[int, str]:
     """Run ``overleaf-import ARGS`` on a pseudo-terminal; type ``keys`` once ``answer_at`` is shown.
     Returns (exit code, everything the terminal showed)."""
@@ -307,6 +332,7 @@ def _run_on_a_terminal(env, args: list[str], answer_at: bytes, keys: bytes, time
                 break
             shown += chunk
             if not typed and answer_at in shown:
+                _wait_until_reading_the_terminal(pid)
                 os.write(fd, keys)
                 typed = True
     finally:
