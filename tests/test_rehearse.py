@@ -10,6 +10,7 @@ its data must stay as it was, and MongoDB must have received no upgrade command.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -303,9 +304,30 @@ def _wait_until_reading_the_terminal(pid: int, limit: float = 60) -> None:
             fields = []
         if read_nr is None or (len(fields) > 1 and fields[0] == read_nr and int(fields[1], 16) == 0):
             time.sleep(0.2 if read_nr is None else 0)
+            _assert_a_ctrl_c_would_reach(pid)
             return
         time.sleep(0.05)
     raise AssertionError(f"the importer never waited for the terminal: /proc/{pid}/syscall = {fields}")
+
+
+def _assert_a_ctrl_c_would_reach(pid: int) -> None:
+    """The terminal turns Ctrl-C into SIGINT for its foreground process group, if ISIG is on; the child
+    must be that group, with SIGINT neither ignored nor blocked (else the key is lost: say why, now)."""
+    import termios
+
+    fd = os.open(os.readlink(f"/proc/{pid}/fd/0"), os.O_RDWR | os.O_NOCTTY)
+    try:
+        lflag = termios.tcgetattr(fd)[3]
+    finally:
+        os.close(fd)
+    # tcgetpgrp answers only for one's own controlling terminal; /proc/PID/stat has the child's (tpgid)
+    foreground = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[5])
+    assert foreground == os.getpgid(pid), f"the terminal's foreground group is {foreground}, not the importer's"
+    assert lflag & termios.ISIG, "something the importer ran turned ISIG off on its terminal"
+    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if ":\t" in line)
+    for mask in ("SigIgn", "SigBlk"):
+        assert not int(status[mask], 16) & (1 << (signal.SIGINT - 1)), f"the importer's {mask} has SIGINT"
 
 
 def _run_on_a_terminal(env, args: list[str], answer_at: bytes, keys: bytes, timeout: float = 600) -> tuple[int, str]:
@@ -319,6 +341,7 @@ def _run_on_a_terminal(env, args: list[str], answer_at: bytes, keys: bytes, time
     if pid == 0:   # the child: the importer, with the terminal as stdin, stdout and stderr
         os.execve(sys.executable, [sys.executable, "-m", "importer.cli", *args], env)
     shown, typed, deadline = b"", False, time.monotonic() + timeout
+    finished = False   # stays so if the deadline passes or an exception leaves the loop
     try:
         while time.monotonic() < deadline:
             ready, _, _ = select.select([fd], [], [], 1.0)
@@ -334,9 +357,13 @@ def _run_on_a_terminal(env, args: list[str], answer_at: bytes, keys: bytes, time
             if not typed and answer_at in shown:
                 _wait_until_reading_the_terminal(pid)
                 os.write(fd, keys)
-                typed = True
+                typed, deadline = True, min(deadline, time.monotonic() + 120)   # an answer acts at once
+        finished = time.monotonic() < deadline   # the child closed the terminal: it ended
     finally:
-        if time.monotonic() >= deadline:
+        if not finished:   # the deadline passed or this test failed: say where the child was, stop it
+            with contextlib.suppress(OSError):
+                sig = [ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith(("Sig", "Shd"))]
+                shown += f"\n[still running: syscall {Path(f'/proc/{pid}/syscall').read_text().split()[:2]}, {sig}]".encode()
             os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         os.close(fd)

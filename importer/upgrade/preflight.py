@@ -41,7 +41,7 @@ def cpu_has_avx() -> bool:
 def compose_answers() -> str | None:
     for argv in (["docker", "compose", "version"], ["docker-compose", "version"]):
         try:
-            out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired):
             continue
         if out.returncode == 0:
