@@ -322,8 +322,8 @@ def markdown_snippet(r: dict[str, Any]) -> str:
               "skopeo's). Engine 26's `docker save` was made once at set-up from images pulled from the registry. "
               "Start-up is the wall time of `overleaf-import verify` on a folder that holds no bundle (it stops at "
               "the missing manifest, exit 14), median of 7 runs after one untimed run that writes the bytecode, as "
-              "an installed tool has it; Typer 0.29 imports pydantic (its own dependency) when it converts the "
-              "first option, about 0.1 s of that on this machine.",
+              "an installed tool has it (Typer is held below 0.29, which imports pydantic when it converts the "
+              "first option: about 0.1 s more).",
               "", "Every ratio (median of the per-run ratios):", ""]
     lines += _md_table(("ratio", "value"), _ratio_rows(r)) + [""]
     lines += [f"Targets ({met} of {len(r['targets'])} met):", ""]
