@@ -64,11 +64,19 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         x = ratios.get(f"load_vs_skopeo_{store}")
         add(f"load_vs_skopeo_{store}", f"`load` / `skopeo copy` into the engine (one image per call), {label}", x,
             "<", 1.0, f"{x:.2f} x" if x else "", "1 x")
-    rates = [ratios.get(f"verify_bytes_per_s_{s}") for s in STORES if f"verify_bytes_per_s_{s}" in ratios]
-    rates_ok = [v for v in rates if isinstance(v, (int, float))]
-    x = min(rates_ok) if rates_ok and len(rates_ok) == len(rates) else None
-    add("verify_rate", "`verify`: payload bytes / wall time (median; the slower engine's run)", x, ">=", 2e9,
-        f"{x / 1e9:.2f} GB/s" if x else "", "2 GB/s")
+    big = r.get("big_verify")
+    if big is not None:      # the goal is for big bundles: judged on the big one when the run made it
+        x = big.get("bytes_per_s") if isinstance(big.get("bytes_per_s"), (int, float)) else None
+        what = (f"of the size-{big['scale']:g} bundle ({_gb(big['payload_bytes'])} of payload)"
+                if "payload_bytes" in big else "of the big bundle (failed)")
+        add("verify_rate", f"`verify` {what}: payload bytes / wall time (median of {big.get('runs', 0)})", x,
+            ">=", 2e9, f"{x / 1e9:.2f} GB/s" if x else "", "2 GB/s")
+    else:
+        rates = [ratios.get(f"verify_bytes_per_s_{s}") for s in STORES if f"verify_bytes_per_s_{s}" in ratios]
+        rates_ok = [v for v in rates if isinstance(v, (int, float))]
+        x = min(rates_ok) if rates_ok and len(rates_ok) == len(rates) else None
+        add("verify_rate", "`verify`: payload bytes / wall time (median; the slower engine's run)", x, ">=", 2e9,
+            f"{x / 1e9:.2f} GB/s" if x else "", "2 GB/s")
     if "startup_seconds" in ratios:
         x = ratios.get("startup_seconds")
         add("startup", "start-up: `overleaf-import verify` of a folder with no bundle, wall time (median of 7)", x, "<=", 0.15,
@@ -201,6 +209,18 @@ def _delta_lines(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def _big_verify_lines(r: dict[str, Any]) -> list[str]:
+    big = r.get("big_verify")
+    if big is None:
+        return []
+    if "seconds" not in big:
+        return [f"verify of the big bundle: failed ({str(big.get('error', '?'))[:200]})"]
+    own = f", own timer {big['tool_seconds']:.2f} s" if isinstance(big.get("tool_seconds"), (int, float)) else ""
+    return [f"verify of a big bundle (size {big['scale']:g}, {_gb(big['payload_bytes'])} of payload, built from a "
+            f"registry of its own): {big['seconds']:.2f} s ({big['min']:.2f}-{big['max']:.2f}) = "
+            f"{big['bytes_per_s'] / 1e9:.2f} GB/s{own}, peak RSS {_mb(big.get('max_rss_bytes'))}"]
+
+
 def _memory_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
     rows = []
     for size, v in sorted((r.get("memory") or {}).items(), key=lambda kv: float(kv[0])):
@@ -310,7 +330,7 @@ def markdown_snippet(r: dict[str, Any]) -> str:
     ]
     lines += _md_table(ONLINE_HEADER, _online_rows(r)) + [""]
     lines += _md_table(_offline_header(r), _offline_rows(r)) + [""]
-    lines += [f"- {line}" for line in _delta_lines(r)]
+    lines += [f"- {line}" for line in _delta_lines(r) + _big_verify_lines(r)]
     lines += ["", *_md_table(("size", "raw data", "build peak RSS",
                               *(f"load peak RSS, {STORE_NAMES[s]}" for s in STORES)), _memory_rows(r)), ""]
     lines += ["Notes: peak RSS is the `ru_maxrss` of the command's process tree (never the engine's). CPU is the "
@@ -320,6 +340,8 @@ def markdown_snippet(r: dict[str, Any]) -> str:
               "skopeo speaks Docker API 1.22, which Engine 26 refuses (minimum 1.24), so its copies into Engine 26 "
               "go through a small proxy that only rewrites the version in the request path (its CPU counts as "
               "skopeo's). Engine 26's `docker save` was made once at set-up from images pulled from the registry. "
+              "Every command of ours runs with its bytecode compiled once at set-up, as an installed tool has it. `skopeo copy` "
+              "and `overleaf-bundle build` take turns going first in a run (odd runs: skopeo). "
               "Start-up is the wall time of `overleaf-import verify` on a folder that holds no bundle (it stops at "
               "the missing manifest, exit 14), median of 7 runs after one untimed run that writes the bytecode, as "
               "an installed tool has it (Typer is held below 0.29, which imports pydantic when it converts the "

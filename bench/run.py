@@ -4,7 +4,7 @@
 Run it as root (it starts its own engines and registry, never the machine's), from the
 repository root::
 
-    python3 -m bench.run [--size 0.75] [--runs 3] [--mem-size 0.25] [--profile]
+    python3 -m bench.run [--size 0.75] [--runs 3] [--mem-size 0.25] [--verify-size 2] [--profile]
     python3 -m bench.run --render bench/results.json      # table and Markdown again, measuring nothing
 
 The images (bench/dataset.py) are the seven of ``overleaf-bundle plan --from 4.2.8 --to 6.2.2
@@ -31,8 +31,13 @@ offline, on each engine (emptied before every step)
 
 then once per engine the delta: a host holding 6.2.1 (and the MongoDB and Redis it runs)
 writes ``overleaf-import inventory``; ``overleaf-bundle build --have RECEIPT`` makes the
-6.2.1 -> 6.2.2 bundle, whose load is timed ``--runs`` times. Last, at ``--mem-size``, one
-build and one load per engine again, to show that peak memory stays flat.
+6.2.1 -> 6.2.2 bundle, whose load is timed ``--runs`` times. Then, at ``--verify-size`` (default
+2: about 2.6 GB of payload), one bundle is built (not timed) and ``verify`` of it timed ``--runs``
+times: the verify target is for big bundles, where start-up and the signature and plan checks are
+a small part. Last, at ``--mem-size``, one build and one load per engine again, to show that peak
+memory stays flat. ``skopeo`` and ``build`` take turns going first (odd runs: skopeo), and every
+command of ours runs with its bytecode compiled once at set-up (``PYTHONPYCACHEPREFIX`` in the work
+folder), as an installed tool has it.
 
 Measures: wall time (median of the runs, min-max); peak RSS of our process (``ru_maxrss``
 from ``os.wait4``: the process tree we started, not the engine); CPU seconds of the command's
@@ -63,7 +68,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import docker.errors
 
@@ -341,7 +346,12 @@ class Bench:
             "OVERLEAF_AIRGAP_TRUST_DIR": str(work / "trust.d"),
             "OVERLEAF_AIRGAP_CATALOG_OVERLAY": str(work / "no-overlay.yaml"),
             "PYTHONPATH": os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH", "")) if x),
+            # bytecode is written once, below, to a cache folder of the bench's own: an installed tool has it,
+            # and with PYTHONDONTWRITEBYTECODE set every command would compile the checkout's sources again
+            "PYTHONPYCACHEPREFIX": str(work / "pycache"),
         }
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "bundler", "importer", "manifests"], cwd=ROOT,
+                       env=self._env(os.environ), check=True, stdout=subprocess.DEVNULL, timeout=300)
         self.key = work / "keys" / "bench.key"
         self.key.parent.mkdir(parents=True, exist_ok=True)
         measure([*BUNDLE, "keygen", "--out", str(self.key), "--no-passphrase"], self.build_env())
@@ -354,13 +364,18 @@ class Bench:
         self.sequence += 1
         return str(self.sequence)
 
+    def _env(self, base: Mapping[str, str], **extra: str) -> dict[str, str]:
+        env = {**base, **self.tools_env, **extra}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        return env
+
     def build_env(self) -> dict[str, str]:
-        env = {**os.environ, **self.tools_env, "DOCKER_HOST": NO_ENGINE}
+        env = self._env(os.environ, DOCKER_HOST=NO_ENGINE)
         env.pop("DOCKER_CONTEXT", None)
         return env
 
     def engine_env(self, store: str) -> dict[str, str]:
-        return {**self.offline[store].env(), **self.tools_env}
+        return self._env(self.offline[store].env())
 
     # -- commands --
     def build(self, size: SizeSetup, out: Path, extra: Sequence[str] = (), plan_args: list[str] | None = None,
@@ -449,24 +464,33 @@ class Bench:
             on["save"] = step_record(m.seconds, m.cpu_seconds, m.max_rss_bytes, cw, bytes=archive.stat().st_size)
             settle()
 
-            log(f"run {index}: skopeo copy registry -> one OCI layout, one image per call")
             layout = run_dir / "oci"
-            calls = [["--src-tls-verify=false", f"docker://{size.path.images[r].mirror_ref}", f"oci:{layout}:{r}"]
-                     for r in refs]
-            with CpuWatch(None) as cw:
-                s, cpu, rss = self.skopeo_calls(calls)
-            on["skopeo"] = step_record(s, cpu, rss, cw, bytes=tree_size(layout), calls=len(calls))
-            settle()
-
-            log(f"run {index}: overleaf-bundle build (no engine: DOCKER_HOST points nowhere)")
             bundle = run_dir / "bundle"
-            with CpuWatch(None) as cw:
-                m = self.build(size, bundle)
-            s = m.json()
-            on["build"] = step_record(m.seconds, m.cpu_seconds, m.max_rss_bytes, cw, bytes=s["bundle_bytes"],
-                                      payload_bytes=s["payload_bytes"], upstream_bytes=s.get("upstream_bytes"),
-                                      phases=s.get("seconds") or {}, parts=len(s["parts"]), blobs=s["blobs"])
-            settle()
+
+            def skopeo_step() -> None:
+                log(f"run {index}: skopeo copy registry -> one OCI layout, one image per call")
+                calls = [["--src-tls-verify=false", f"docker://{size.path.images[r].mirror_ref}", f"oci:{layout}:{r}"]
+                         for r in refs]
+                with CpuWatch(None) as cw:
+                    s, cpu, rss = self.skopeo_calls(calls)
+                on["skopeo"] = step_record(s, cpu, rss, cw, bytes=tree_size(layout), calls=len(calls))
+                settle()
+
+            def build_step() -> None:
+                log(f"run {index}: overleaf-bundle build (no engine: DOCKER_HOST points nowhere)")
+                with CpuWatch(None) as cw:
+                    m = self.build(size, bundle)
+                s = m.json()
+                on["build"] = step_record(m.seconds, m.cpu_seconds, m.max_rss_bytes, cw, bytes=s["bundle_bytes"],
+                                          payload_bytes=s["payload_bytes"], upstream_bytes=s.get("upstream_bytes"),
+                                          phases=s.get("seconds") or {}, parts=len(s["parts"]), blobs=s["blobs"])
+                settle()
+
+            # the two compared steps take turns going first (odd runs: skopeo), so that neither is always
+            # the one that runs straight after docker save
+            for step in ((skopeo_step, build_step) if index % 2 else (build_step, skopeo_step)):
+                step()
+            on["skopeo"], on["build"] = on.pop("skopeo"), on.pop("build")     # the same order in every record
 
             log(f"run {index}: overleaf-bundle build --recompress zstd")
             zbundle = run_dir / "bundle-zstd"
@@ -604,6 +628,29 @@ class Bench:
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
 
+    def big_verify(self, size: SizeSetup) -> dict[str, Any]:
+        """``verify`` of one big bundle (the issue's "on big bundles"), ``--runs`` times: the fixed work
+        (start-up, signature, plan checks) is a small part of it, as on a real site's multi-GB bundle."""
+        out_dir = self.work / "big"
+        out_dir.mkdir()
+        try:
+            settle()
+            log(f"big verify at size {size.scale:g}: build (not timed)")
+            self.build(size, out_dir / "bundle")
+            payload = _payload_bytes(out_dir / "bundle")
+            records = []
+            for i in range(self.args.runs):
+                settle()
+                log(f"big verify at size {size.scale:g}: verify {i + 1} ({payload / 1e9:.2f} GB payload)")
+                with CpuWatch(None) as cw:
+                    m = self.verify("classic", out_dir / "bundle")
+                checked = (m.json().get("checked") or {}) if m.stdout.strip() else {}
+                records.append(step_record(m.seconds, m.cpu_seconds, m.max_rss_bytes, cw, bytes=payload,
+                                           bytes_per_s=payload / m.seconds, tool_seconds=checked.get("seconds")))
+            return {"scale": size.scale, "payload_bytes": payload, "records": records, **summarize_steps(records)}
+        finally:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
     # -- profiles --
     def profile(self, size: SizeSetup) -> dict[str, Any]:
         """build, verify and load (both stores) once more under py-spy; the busiest functions of each."""
@@ -731,7 +778,8 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    parts = ["python3 -m bench.run", f"--size {args.size:g}", f"--runs {args.runs}", f"--mem-size {args.mem_size:g}"]
+    parts = ["python3 -m bench.run", f"--size {args.size:g}", f"--runs {args.runs}", f"--mem-size {args.mem_size:g}",
+             f"--verify-size {args.verify_size:g}"]
     if args.profile:
         parts.append("--profile")
     if args.skip_delta:
@@ -749,6 +797,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json", help="JSON results file")
     p.add_argument("--md", type=Path, default=None, help="Markdown file (default: --out with .md)")
     p.add_argument("--work-dir", type=Path, default=None, help="where the temporary files go (default: TMPDIR)")
+    p.add_argument("--verify-size", type=float, default=2.0,
+                   help="scale of the big bundle verify is timed on (default 2: about 2.6 GB of payload; 0: skip)")
     p.add_argument("--profile", action="store_true", help="also profile build, verify, load with py-spy")
     p.add_argument("--profile-dir", type=Path, default=None, help="keep py-spy's collapsed stacks here")
     p.add_argument("--skip-delta", action="store_true", help="leave out the delta bundle")
@@ -796,7 +846,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     result: dict[str, Any] = {"schema": 2, "command": command_line(args),
                               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                              "params": {"size": args.size, "runs": args.runs, "mem_size": args.mem_size}}
+                              "params": {"size": args.size, "runs": args.runs, "mem_size": args.mem_size,
+                                         "verify_size": args.verify_size}}
     try:
         with ExitStack() as stack:
             log("starting the engines: online Engine 20.10, offline Engine 20.10 (classic) and Engine 26 (containerd)")
@@ -826,6 +877,10 @@ def main(argv: list[str] | None = None) -> int:
                                    for st in STORES}
             if args.profile:
                 result["profiles"] = bench.guarded("profiles", lambda: bench.profile(main_size))
+            if args.verify_size:
+                big = SizeSetup(stack, work, args.verify_size)
+                result["big_verify"] = bench.guarded(f"big verify at size {args.verify_size:g}",
+                                                     lambda: bench.big_verify(big))
             if args.mem_size:
                 small = SizeSetup(stack, work, args.mem_size)
                 mem = bench.guarded(f"memory pass at size {args.mem_size:g}", lambda: bench.memory_pass(small))

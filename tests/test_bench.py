@@ -77,6 +77,18 @@ def test_startup_target_is_judged_in_seconds() -> None:
     assert {t["id"]: t for t in evaluate_targets(r)}["startup"]["met"] is True
 
 
+def test_verify_target_is_judged_on_the_big_bundle_when_the_run_made_one() -> None:
+    r = _result()
+    records = [_step(s, bytes=2_600_000_000, bytes_per_s=2_600_000_000 / s) for s in (1.4, 1.6, 1.5)]
+    r["big_verify"] = {"scale": 2, "payload_bytes": 2_600_000_000, "records": records, **summarize_steps(records)}
+    t = {x["id"]: x for x in evaluate_targets(r)}["verify_rate"]
+    assert t["value"] == 2_600_000_000 / 1.5 and t["met"] is False and "size-2 bundle" in t["target"]
+    assert "verify of a big bundle (size 2, 2.60 GB of payload" in markdown_snippet({**r, "targets": [t]})
+    r["big_verify"] = {"error": "build failed"}
+    t = {x["id"]: x for x in evaluate_targets(r)}["verify_rate"]
+    assert t["met"] is None                      # failed: not judged on the small bundle instead
+
+
 def test_a_step_that_failed_in_every_run_gives_na() -> None:
     steps = summarize_steps([{"error": "boom"}, {"error": "boom"}])
     assert steps == {"error": "boom"}
@@ -158,7 +170,7 @@ def test_proxy_lifts_old_api_versions_only() -> None:
 def test_benchmark_smoke_run_at_a_tiny_size(tmp_path: Path) -> None:
     """The whole benchmark once, at a tiny size (every layer 1 MiB), on its own real engines and registry."""
     out = tmp_path / "results.json"
-    rc = main(["--size", "0.01", "--runs", "1", "--mem-size", "0.005", "--pause", "0", "--out", str(out),
+    rc = main(["--size", "0.01", "--runs", "1", "--mem-size", "0.005", "--verify-size", "0.02", "--pause", "0", "--out", str(out),
                "--work-dir", str(tmp_path)])
     r = json.loads(out.read_text())
     assert r["errors"] == [] and rc == 0
@@ -168,5 +180,6 @@ def test_benchmark_smoke_run_at_a_tiny_size(tmp_path: Path) -> None:
     assert all(t["met"] is not None for t in r["targets"])
     assert r["online"]["build"]["bytes"] > r["dataset"]["upstream_bytes"] > 0
     assert r["delta"]["classic"]["build"]["omitted_layers"] > 0
+    assert r["big_verify"]["payload_bytes"] > r["online"]["build"]["payload_bytes"] and r["big_verify"]["runs"] == 1
     md = (tmp_path / "results.md").read_text()
     assert "## Performance" in md and str(tmp_path) not in md
