@@ -392,6 +392,16 @@ class Bench:
         return measure([*(wrap or []), *IMPORT, "--json", "load", str(bundle), "--trust", str(self.pub)],
                        self.engine_env(store))
 
+    def timed_verify(self, store: str, bundle: Path, engine: PrivateEngine | None, payload: int) -> dict[str, Any]:
+        """One ``verify`` of ``bundle`` (``payload`` bytes) as a step record: wall and the command's own rate."""
+        with CpuWatch(engine) as cw:
+            m = self.verify(store, bundle)
+        checked = (m.json().get("checked") or {}) if m.stdout.strip() else {}
+        return step_record(m.seconds, m.cpu_seconds, m.max_rss_bytes, cw, bytes=payload,
+                           bytes_per_s=payload / m.seconds, tool_seconds=checked.get("seconds"),
+                           tool_bytes_per_s=(checked["bytes"] / checked["seconds"]
+                                             if checked.get("seconds") and checked.get("bytes") else None))
+
     def skopeo_calls(self, calls: list[list[str]]) -> tuple[float, float, int]:
         """Run skopeo calls one after the other: total wall time, total CPU, peak RSS."""
         seconds = cpu = 0.0
@@ -490,7 +500,6 @@ class Bench:
             # the one that runs straight after docker save
             for step in ((skopeo_step, build_step) if index % 2 else (build_step, skopeo_step)):
                 step()
-            on["skopeo"], on["build"] = on.pop("skopeo"), on.pop("build")     # the same order in every record
 
             log(f"run {index}: overleaf-bundle build --recompress zstd")
             zbundle = run_dir / "bundle-zstd"
@@ -522,14 +531,7 @@ class Bench:
 
         def verify() -> dict[str, Any]:
             settle()
-            with CpuWatch(engine) as cw:
-                m = self.verify(store, bundle)
-            size = _payload_bytes(bundle)
-            checked = (m.json().get("checked") or {}) if m.stdout.strip() else {}
-            return step_record(m.seconds, m.cpu_seconds, m.max_rss_bytes, cw, bytes=size,
-                               bytes_per_s=size / m.seconds, tool_seconds=checked.get("seconds"),
-                               tool_bytes_per_s=(checked["bytes"] / checked["seconds"]
-                                                 if checked.get("seconds") and checked.get("bytes") else None))
+            return self.timed_verify(store, bundle, engine, _payload_bytes(bundle))
 
         def docker_load() -> dict[str, Any]:
             self.empty(store)
@@ -642,11 +644,7 @@ class Bench:
             for i in range(self.args.runs):
                 settle()
                 log(f"big verify at size {size.scale:g}: verify {i + 1} ({payload / 1e9:.2f} GB payload)")
-                with CpuWatch(None) as cw:
-                    m = self.verify("classic", out_dir / "bundle")
-                checked = (m.json().get("checked") or {}) if m.stdout.strip() else {}
-                records.append(step_record(m.seconds, m.cpu_seconds, m.max_rss_bytes, cw, bytes=payload,
-                                           bytes_per_s=payload / m.seconds, tool_seconds=checked.get("seconds")))
+                records.append(self.timed_verify("classic", out_dir / "bundle", None, payload))
             return {"scale": size.scale, "payload_bytes": payload, "records": records, **summarize_steps(records)}
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
