@@ -76,7 +76,7 @@ def load(bundle_dir: Path = BundleArg, trust: Optional[List[Path]] = TrustOpt,
     vb = _verified(bundle_dir, trust, parts_from, allow_expired, allow_downgrade, stream_parts=True)
     _client, result, seconds = _load(vb, replace_tags)
     if CTX.json:
-        emit_json({**_verify_json(vb), "load": {**result.plan.to_dict(), "seconds": round(seconds, 3)}})
+        emit_json({**_verify_json(vb), "load": {**result.plan.to_dict(), "requests": result.requests, "seconds": round(seconds, 3)}})
     else:
         say(f"OK: {len(vb.manifest.images)} image(s) on the engine, each at its pinned ID ({seconds:.1f} s).")
 

@@ -23,8 +23,8 @@ import pytest
 import zstandard
 
 from importer.images.engine import EngineInfo, check_api_version, image_store
-from importer.images.load import (LoadPlan, blobs_to_send, docker_archive_manifest, missing_omitted, oci_index,
-                           qualified_name, write_archive)
+from importer.images.archive import ArchiveWriter, docker_archive_manifest, oci_index, qualified_name
+from importer.images.load import LoadPlan, blobs_to_send, missing_omitted, write_archive
 from importer.images.verify import BundleFolders
 from manifests.bundle import OCI_LAYER_ZSTD, BundleManifest
 from manifests.errors import EngineError, IntegrityError
@@ -87,6 +87,8 @@ def test_load_pins_each_tag_for_the_store_and_the_images_run(host, bundle):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["load"]["store"] == host.store and out["load"]["load"] == EXACT
+    # classic: each image has layers of its own over the shared busybox base: one request each
+    assert out["load"]["requests"] == (1 if host.store == "containerd" else len(EXACT))
     assert out["state"]["recorded"] and host.accepted()["overleaf-ce"]["sequence"] == 5
     pinned = host.pinned(m)
     assert host.tags() == pinned
@@ -262,20 +264,42 @@ def _layer_tar(content: bytes) -> bytes:
 def _tiny_bundle(folder: Path, layer: bytes, layer_type: str, encoding: str = "none",
                  stored: bytes | None = None) -> BundleManifest:
     """A one-image format-2 bundle (manifest, config, one layer) written with the real PartWriter."""
-    diff = _sha(_layer_tar(b"hi\n"))
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [diff]}},
-                        sort_keys=True).encode()
-    man = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                      "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": _sha(config),
-                                 "size": len(config)},
-                      "layers": [{"mediaType": layer_type, "digest": _sha(layer), "size": len(layer)}]}).encode()
-    stored = layer if stored is None else stored
-    members = [(man, "manifest", "application/vnd.oci.image.manifest.v1+json", man, "none"),
-               (config, "config", "application/vnd.oci.image.config.v1+json", config, "none"),
-               (layer, "layer", layer_type, stored, encoding)]
+    return _bundle(folder, {"redis:7.4": [(layer, layer_type, layer if stored is None else stored, encoding,
+                                           _sha(_layer_tar(b"hi\n")))]})
+
+
+Layer = tuple[bytes, str, bytes, str, str]  # blob, media type, stored bytes, encoding, diff_id
+
+
+def _plain(content: bytes) -> Layer:
+    raw = _layer_tar(content)
+    return raw, "application/vnd.oci.image.layer.v1.tar", raw, "none", _sha(raw)
+
+
+def _bundle(folder: Path, images: dict[str, list[Layer]]) -> BundleManifest:
+    """A format-2 bundle of ``images`` (ref -> its layers, bottom first) written with the real PartWriter, in
+    the builder's payload order: manifests and configs first, then each layer once, image by image."""
+    small, layers, entries = [], {}, []
+    for ref, img_layers in images.items():
+        config = json.dumps({"architecture": "amd64", "os": "linux", "ref": ref,
+                             "rootfs": {"type": "layers", "diff_ids": [la[4] for la in img_layers]}},
+                            sort_keys=True).encode()
+        man = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                          "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": _sha(config),
+                                     "size": len(config)},
+                          "layers": [{"mediaType": la[1], "digest": _sha(la[0]), "size": len(la[0])}
+                                     for la in img_layers]}).encode()
+        small += [(man, "manifest", "application/vnd.oci.image.manifest.v1+json", man, "none"),
+                  (config, "config", "application/vnd.oci.image.config.v1+json", config, "none")]
+        for data, mt, body, enc, _ in img_layers:
+            layers.setdefault(_sha(data), (data, "layer", mt, body, enc))
+        entries.append({"ref": ref, "id": _sha(config), "diff_ids": [la[4] for la in img_layers],
+                        "layers": [_sha(la[0]) for la in img_layers], "platform": "linux/amd64",
+                        "manifest_digest": _sha(man), "upstream_digest": None, "index_entry": None, "exact": False,
+                        "source": "registry", "size": len(man) + len(config) + sum(len(la[0]) for la in img_layers)})
     w = PartWriter(folder, 4096, 64 * 1024)
     blobs = []
-    for data, kind, mt, body, enc in members:
+    for data, kind, mt, body, enc in small + list(layers.values()):
         w.write(member_header(f"blobs/sha256/{_sha(data)[7:]}" + (".zst" if enc == "zstd" else ""), len(body)))
         w.write(body)
         w.write(padding(len(body)))
@@ -283,16 +307,14 @@ def _tiny_bundle(folder: Path, layer: bytes, layer_type: str, encoding: str = "n
                       "stored_size": len(body)})
     w.write(END_OF_ARCHIVE)
     w.close()
-    img = {"ref": "redis:7.4", "id": _sha(config), "diff_ids": [diff], "layers": [_sha(layer)],
-           "platform": "linux/amd64", "manifest_digest": _sha(man), "upstream_digest": None, "index_entry": None,
-           "exact": False, "source": "registry", "size": len(man) + len(config) + len(layer)}
-    plan = {"schema": 1, "from": "5.5.3", "to": "5.5.4", "edition": "ce", "options": {}, "images": ["redis:7.4"],
-            "steps": [{"id": "01", "kind": "app", "description": "d", "images": ["redis:7.4"], "version": "5.5.4"}]}
+    refs = list(images)
+    plan = {"schema": 1, "from": "5.5.3", "to": "5.5.4", "edition": "ce", "options": {}, "images": refs,
+            "steps": [{"id": "01", "kind": "app", "description": "d", "images": refs, "version": "5.5.4"}]}
     return BundleManifest.from_dict({
         "format": "overleaf-airgap-bundle", "schema": 2, "bundle_id": "0123abcd", "tool_version": "t",
         "product": "overleaf", "edition": "ce", "from_version": "5.5.3", "to_version": "5.5.4",
         "created": "2026-01-01T00:00:00Z", "expires": "2099-01-01T00:00:00Z", "sequence": 1, "key_id": "k",
-        "platform": "linux/amd64", "plan": plan, "images": [img], "blobs": blobs,
+        "platform": "linux/amd64", "plan": plan, "images": entries, "blobs": blobs,
         "parts": [{"name": p.name, "size": p.size, "sha256": p.sha256, "segments": list(p.segments)} for p in w.parts],
         "payload_size": w.total, "max_part_size": 4096, "segment_size": 64 * 1024})
 
@@ -302,14 +324,47 @@ class _VB:
         self.manifest, self.folders = manifest, BundleFolders(folder)
 
 
-def _archive(folder: Path, m: BundleManifest, store: str, zstd_ok: bool = True) -> dict[str, bytes]:
+class _Request:
+    def __init__(self, number: int) -> None:
+        self.number, self.out, self.after = number, io.BytesIO(), None
+        self.archive = ArchiveWriter(self.out)
+
+    def files(self) -> dict[str, bytes]:
+        self.out.seek(0)
+        with tarfile.open(fileobj=self.out, mode="r:") as tar:
+            return {t.name: tar.extractfile(t).read() for t in tar if t.isreg()}
+
+
+class _MemoryUploads:
+    """What write_archive writes into, kept in memory: each request's archive and the requests it waited for."""
+
+    def __init__(self) -> None:
+        self.all: list[_Request] = []
+
+    def open(self) -> _Request:
+        self.all.append(_Request(len(self.all) + 1))
+        return self.all[-1]
+
+    def finish(self, up: _Request, index_name: str, index: bytes, after=()) -> None:
+        up.after = [dep.number for dep in after]
+        up.archive.add_bytes(index_name, index)
+        up.archive.close()
+
+
+def _requests(folder: Path, m: BundleManifest, store: str, zstd_ok: bool = True, chains: frozenset = frozenset(),
+              split: bool = True) -> tuple[list[_Request], list[str]]:
+    """The requests a load of every image of ``m`` sends to an engine holding ``chains``; the refs left to tag."""
     plan = LoadPlan(store=store, load=list(m.images), zstd_layers_ok=zstd_ok)
-    plan.send = blobs_to_send(m, plan.load, set(), store)
-    out = io.BytesIO()
-    write_archive(out, _VB(m, folder), plan)  # type: ignore[arg-type]
-    out.seek(0)
-    with tarfile.open(fileobj=out, mode="r:") as tar:
-        return {t.name: tar.extractfile(t).read() for t in tar if t.isreg()}
+    plan.send = blobs_to_send(m, plan.load, set(chains), store)
+    uploads = _MemoryUploads()
+    untagged = write_archive(uploads, _VB(m, folder), plan, split=split)  # type: ignore[arg-type]
+    return uploads.all, [img.ref for img in untagged]
+
+
+def _archive(folder: Path, m: BundleManifest, store: str, zstd_ok: bool = True) -> dict[str, bytes]:
+    requests, untagged = _requests(folder, m, store, zstd_ok)
+    assert len(requests) == 1 and untagged == []
+    return requests[0].files()
 
 
 def test_classic_archive_decodes_zstd_layers_for_old_engines(tmp_path):
@@ -418,3 +473,72 @@ def test_a_classic_load_of_gzip_layers_suggests_pigz_only_where_it_helps(tmp_pat
     monkeypatch.delenv("DOCKER_HOST")
     monkeypatch.setenv("PATH", str(with_pigz))
     assert unpigz_hint("classic", 2_000_000_000) is None
+
+
+def test_classic_archive_is_cut_into_requests_that_overlap(tmp_path):
+    """Images sharing a base: one request per image as its layers complete; later ones list the base without
+    carrying it and wait for the request that did; only the last index, written after the whole payload was
+    checked, has tags."""
+    base, a1, b1, c1 = _plain(b"base\n"), _plain(b"a\n"), _plain(b"b\n"), _plain(b"c\n")
+    m = _bundle(tmp_path, {"app:1": [base, a1], "mongo:8.0": [base, b1], "app:2": [base, a1, c1],
+                           "redis:7.4": [base, b1]})  # redis: nothing of its own, ready with mongo
+    (a, b, c, r) = m.images
+    requests, untagged = _requests(tmp_path, m, "classic")
+    assert len(requests) == 3
+    files = [req.files() for req in requests]
+    layer = {img.ref: [f"{d[7:]}/layer.tar" for d in img.layers] for img in m.images}
+    assert set(files[0]) == {*layer["app:1"], f"{a.id[7:]}.json", "manifest.json"}
+    assert set(files[1]) == {layer["mongo:8.0"][1], f"{b.id[7:]}.json", f"{r.id[7:]}.json", "manifest.json"}
+    assert set(files[2]) == {layer["app:2"][2], f"{c.id[7:]}.json", "manifest.json"}
+    assert [req.after for req in requests] == [[], [1], [1]]
+    indexes = [json.loads(f["manifest.json"]) for f in files]
+    assert [[e["Layers"] for e in i] for i in indexes] == [[layer["app:1"]], [layer["mongo:8.0"], layer["redis:7.4"]],
+                                                           [layer["app:2"]]]
+    assert [[e["RepoTags"] for e in i] for i in indexes] == [[[]], [[], []], [["app:2"]]]
+    assert untagged == ["app:1", "mongo:8.0", "redis:7.4"]
+    assert [list(f)[-1] for f in files] == ["manifest.json"] * 3  # the index is each request's last member
+    for f in files:  # each layer file is the carried blob
+        for name, data in f.items():
+            if name.endswith("/layer.tar"):
+                assert _sha(data) == "sha256:" + name.split("/")[0]
+
+
+def test_an_image_finished_by_the_last_layer_keeps_its_tags_when_nothing_is_cut(tmp_path):
+    """One image, or split=False: one request, tags in its index (as before the cut was possible)."""
+    base, a1, b1 = _plain(b"base\n"), _plain(b"a\n"), _plain(b"b\n")
+    m = _bundle(tmp_path, {"app:1": [base, a1], "mongo:8.0": [base, b1]})
+    requests, untagged = _requests(tmp_path, m, "classic", split=False)
+    assert len(requests) == 1 and untagged == []
+    index = json.loads(requests[0].files()["manifest.json"])
+    assert [e["RepoTags"] for e in index] == [["app:1"], ["mongo:8.0"]]
+
+
+def test_a_layer_on_two_chains_keeps_one_request(tmp_path):
+    """The same blob on another parent: listing it uncarried could name a chain nobody registered."""
+    base, other, shared = _plain(b"base\n"), _plain(b"other\n"), _plain(b"shared\n")
+    m = _bundle(tmp_path, {"app:1": [base, shared], "mongo:8.0": [other, shared]})
+    requests, untagged = _requests(tmp_path, m, "classic")
+    assert len(requests) == 1 and untagged == []
+    assert [e["RepoTags"] for e in json.loads(requests[0].files()["manifest.json"])] == [["app:1"], ["mongo:8.0"]]
+
+
+def test_a_delta_cut_waits_only_for_what_it_carried(tmp_path):
+    """The engine holds the base: no request carries it, and none waits for it."""
+    from manifests.receipt import chain_ids as chains_of
+    base, a1, b1 = _plain(b"base\n"), _plain(b"a\n"), _plain(b"b\n")
+    m = _bundle(tmp_path, {"app:1": [base, a1], "mongo:8.0": [base, b1]})
+    requests, untagged = _requests(tmp_path, m, "classic", chains=frozenset(chains_of([base[4]])))
+    assert [set(req.files()) - {"manifest.json"} for req in requests] == [
+        {f"{img.layers[1][7:]}/layer.tar", f"{img.id[7:]}.json"} for img in m.images]
+    assert [req.after for req in requests] == [[], []]
+    assert untagged == ["app:1"]
+
+
+def test_the_oci_layout_stays_one_request(tmp_path):
+    base, a1, b1 = _plain(b"base\n"), _plain(b"a\n"), _plain(b"b\n")
+    m = _bundle(tmp_path, {"app:1": [base, a1], "mongo:8.0": [base, b1]})
+    requests, untagged = _requests(tmp_path, m, "containerd")
+    assert len(requests) == 1 and untagged == []
+    files = requests[0].files()
+    assert list(files)[0] == "oci-layout" and list(files)[-1] == "index.json"
+    assert len(json.loads(files["index.json"])["manifests"]) == 2

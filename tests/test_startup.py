@@ -31,6 +31,7 @@ from tests.support.signing_keys import make_key, sign
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("docker", "requests", "urllib3", "zstandard", "importer.upgrade", "importer.images.load",
+         "importer.images.archive", "importer.images.uploads",
          "importer.images.push", "importer.images.engine", "tqdm")
 # needed once a manifest was read (signature, plan check), so not before
 LATE = ("cryptography", "yaml", "manifests.planner", "manifests.catalog", "importer.images.plan_check")

@@ -3,10 +3,11 @@
 The payload is read once, in place, through :class:`manifests.payload.SegmentReader`
 (no byte of a segment is released before its sha256 matched the signed manifest; a
 disc-swapping site is asked for each disc when the reader gets there) and
-:func:`manifests.payload.iter_members` (the strict tar reader). A writer thread turns
-the members into the archive form the engine keeps intact and writes it into a pipe;
-the main thread streams the pipe's other end into ``client.api.load_image`` and checks
-every status item. No temporary copy, bounded memory (a few segments and 1 MiB buffers).
+:func:`manifests.payload.iter_members` (the strict tar reader). This thread turns the
+members into the archive form the engine keeps intact and writes it into a pipe; a thread
+per load request streams the pipe's other end into ``client.api.load_image`` and checks
+every status item (:mod:`importer.images.uploads`). No temporary copy, bounded memory (a
+few segments and 1 MiB buffers).
 
 * **classic store** (image ID = config digest): a docker-archive: ``<config hex>.json``,
   ``<layer blob hex>/layer.tar`` and, last, ``manifest.json`` ``[{Config, RepoTags,
@@ -14,6 +15,10 @@ every status item. No temporary copy, bounded memory (a few segments and 1 MiB b
   are decoded on the fly for engines older than Engine 23 (API 1.42), which refuse
   zstd layer files. A layer whose diff_id chain the engine already holds is listed
   but not sent (the engine takes its own copy; delta bundles rely on this).
+  Engine 20.10 reads a whole request before it registers any layer (gunzipping each on
+  one core), so the archive is cut into several requests as images complete
+  (:class:`_Requests`): while the engine registers one, the next already streams. Images
+  of the earlier requests are registered without tags and tagged at the end.
 * **containerd store** (image ID = manifest digest): an OCI layout: ``oci-layout``,
   ``blobs/sha256/<hex>`` (each image's original manifest, its config and its layers,
   exactly as carried) and, last, ``index.json`` naming each manifest by digest, media
@@ -26,9 +31,10 @@ every status item. No temporary copy, bounded memory (a few segments and 1 MiB b
 Blobs the payload stores zstd-encoded are decoded back to their blob bytes, and every
 blob's digest is checked while it streams (the segment hashes already prove the bytes
 are the signed ones; this catches a bad signer), manifests and configs also against
-the image entries that name them. The archive's index (``manifest.json`` /
-``index.json``) is written only after the last segment checked out, so a bad byte
-anywhere aborts the upload before the engine has an image to register.
+the image entries that name them. An index (``manifest.json`` / ``index.json``) names
+only blobs whose every byte has checked out, and no tag is set or moved before the last
+segment did: a bad byte anywhere cuts the open request (the engine registers nothing
+from it) and the run's rollback removes the untagged images earlier requests added.
 
 Images already present under their tag with the right ID are skipped; images present
 under another name are only tagged; a tag that names another image is moved only
@@ -40,36 +46,29 @@ removed or pointed back at its previous image, and images this run added are rem
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tarfile
-import threading
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Iterator
+from typing import Any, Callable
 
 import docker
 import docker.errors
 import requests.exceptions
-import zstandard
 
-from manifests.bundle import LAYER_TYPES, OCI_INDEX, BlobEntry, BundleManifest, ImageEntry
+from manifests.bundle import LAYER_TYPES, BlobEntry, BundleManifest, ImageEntry
 from manifests.errors import (AirgapError, BundleError, EngineError, IntegrityError, PayloadFormatError,
                               TagConflictError)
-from manifests.imageref import normalize, split_ref
 from manifests.limits import LIMITS
-from manifests.payload import SegmentReader, iter_members, zstd_decompressor
+from manifests.payload import SegmentReader, iter_members
 from manifests.receipt import chain_ids
 
-from importer.images.engine import (EngineInfo, HostImages, down_error, engine_info, engine_name, image_id, inspect, stream_error,
-                     tag_image)
+from importer.images.engine import EngineInfo, HostImages, engine_info, engine_name, image_id, inspect, tag_image
+from importer.images.archive import (BAD_BUNDLE, OCI_LAYOUT, ArchiveWriter, ZstdLayerToTar, archive_name,
+                                     docker_archive_manifest, oci_index)
 from importer.images.blobs import BlobStream
+from importer.images.uploads import Uploads
 from importer.images.verify import VerifiedBundle
 
-CHUNK = 1024 * 1024
-PIPE_SIZE = 1024 * 1024
 SMALL_BLOB_MAX = LIMITS.small_blob    # manifests and configs are read whole: never more than this
-BAD_BUNDLE = "The bundle is malformed or was made by a bad signer: do not use it; ask its builder for a new one."
 
 
 # --- what to do -----------------------------------------------------------------------------------
@@ -184,146 +183,6 @@ def plan_load(client: docker.DockerClient, manifest: BundleManifest, *, replace_
     return plan
 
 
-# --- the archives ---------------------------------------------------------------------------------
-def qualified_name(ref: str) -> str:
-    """``redis:7.4`` -> ``docker.io/library/redis:7.4``; ``quay.io/a/b:1`` stays (Docker's normalisation)."""
-    return normalize(ref).full
-
-
-def docker_archive_manifest(images: list[ImageEntry]) -> bytes:
-    """docker-archive ``manifest.json``: one entry per image ID, every layer listed (sent or not)."""
-    by_id: dict[str, dict[str, Any]] = {}
-    for img in images:
-        entry = by_id.setdefault(img.id, {"Config": f"{img.id[7:]}.json", "RepoTags": [],
-                                          "Layers": [f"{d[7:]}/layer.tar" for d in img.layers]})
-        entry["RepoTags"].append(img.ref)
-    return json.dumps(list(by_id.values()), separators=(",", ":")).encode()
-
-
-def oci_index(manifest: BundleManifest, images: list[ImageEntry]) -> bytes:
-    """OCI layout ``index.json``: each image's original manifest, by digest, with both name annotations."""
-    entries = []
-    for img in images:
-        blob = manifest.blob_map[img.manifest_digest]
-        _, tag = split_ref(img.ref)
-        entries.append({"mediaType": blob.media_type, "digest": blob.digest, "size": blob.size,
-                        "annotations": {"io.containerd.image.name": qualified_name(img.ref),
-                                        "org.opencontainers.image.ref.name": tag}})
-    return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries},
-                      separators=(",", ":")).encode()
-
-
-OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
-
-
-def archive_name(blob: BlobEntry, store: str) -> str:
-    if store == "containerd":
-        return f"blobs/sha256/{blob.digest[7:]}"
-    return f"{blob.digest[7:]}.json" if blob.kind == "config" else f"{blob.digest[7:]}/layer.tar"
-
-
-class ArchiveWriter:
-    """A tar stream written member by member (``tarfile`` only makes the headers).
-
-    After ``aborted`` is set it writes nothing more, so a cut stream stays cut: the engine
-    never sees a tidy end of an archive that lacks its index.
-    """
-
-    def __init__(self, out: IO[bytes]) -> None:
-        self.out = out
-        self.aborted = False
-
-    def _write(self, data: bytes | memoryview) -> None:
-        if not self.aborted:
-            self.out.write(data)
-
-    def add(self, name: str, size: int, read: Callable[[int], bytes]) -> None:
-        info = tarfile.TarInfo(name)
-        info.size, info.mode, info.mtime = size, 0o644, 0
-        self._write(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "strict"))
-        left = size
-        while left:
-            chunk = read(min(CHUNK, left))
-            if not chunk:
-                raise IntegrityError(f"{name} ended {left} bytes early", BAD_BUNDLE)
-            if len(chunk) > left:
-                raise IntegrityError(f"{name} is longer than its declared {size} bytes", BAD_BUNDLE)
-            self._write(chunk)
-            left -= len(chunk)
-        if size % tarfile.BLOCKSIZE:
-            self._write(tarfile.NUL * (tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE))
-
-    def add_bytes(self, name: str, data: bytes) -> None:
-        view = memoryview(data)
-        pos = 0
-
-        def read(n: int) -> bytes:
-            nonlocal pos
-            out = view[pos:pos + n]
-            pos += len(out)
-            return bytes(out)
-        self.add(name, len(data), read)
-
-    def close(self) -> None:
-        self._write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
-
-
-def _decoder() -> zstandard.ZstdDecompressor:
-    return zstd_decompressor()
-
-
-class _ZstdLayerToTar:
-    """A zstd-compressed layer blob decoded to its tar, for engines that refuse zstd layer files.
-
-    The tar member's size must be known before its bytes: it comes from the zstd frame header
-    (``Frame_Content_Size``); a layer that does not record it cannot be sent to such an engine.
-    """
-
-    def __init__(self, blob_reader: BlobStream, diff_id: str) -> None:
-        head = blob_reader.read(min(CHUNK, blob_reader.left)) if blob_reader.left else b""
-        try:
-            size = zstandard.frame_content_size(head)
-        except zstandard.ZstdError:
-            size = -1
-        if size < 0:
-            raise EngineError(
-                f"the Docker engine at {engine_name()} cannot load zstd-compressed layers (it predates Engine 23), "
-                f"and layer {blob_reader.blob.digest} does not record its uncompressed size",
-                "Load on Engine 23 or newer, or build the bundle with --recompress zstd (plain layer tars).")
-        self.size = size
-        self.diff_id = diff_id
-        self.hash = hashlib.sha256()
-        self.blob_reader = blob_reader
-        self._head = head
-        self._dec = _decoder().stream_reader(self, read_size=CHUNK, read_across_frames=True)
-
-    def read(self, n: int = -1) -> bytes:
-        """The compressed side, for the decoder."""
-        if self._head:
-            n = len(self._head) if n is None or n < 0 else n
-            out, self._head = self._head[:n], self._head[n:]
-            return out
-        return self.blob_reader.read(n if n and n > 0 else CHUNK) if self.blob_reader.left else b""
-
-    def read_tar(self, n: int) -> bytes:
-        try:
-            data = self._dec.read(n)
-        except zstandard.ZstdError as exc:
-            raise IntegrityError(f"layer {self.blob_reader.blob.digest} does not decode as zstd ({exc})",
-                                 BAD_BUNDLE) from None
-        self.hash.update(data)
-        return data
-
-    def finish(self) -> None:
-        if self.read_tar(1):
-            raise IntegrityError(f"layer {self.blob_reader.blob.digest} decodes to more than its frame header says",
-                                 BAD_BUNDLE)
-        self.blob_reader.finish()
-        if "sha256:" + self.hash.hexdigest() != self.diff_id:
-            raise IntegrityError(f"layer {self.blob_reader.blob.digest} does not decode to its diff_id {self.diff_id}",
-                                 BAD_BUNDLE)
-
-
 def _check_small_blob(blob: BlobEntry, data: bytes, manifest: BundleManifest) -> None:
     """A manifest or config blob against the image entries that name it (consistency of the signed data)."""
     try:
@@ -347,20 +206,98 @@ def _check_small_blob(blob: BlobEntry, data: bytes, manifest: BundleManifest) ->
                                      BAD_BUNDLE)
 
 
-def write_archive(out: IO[bytes], vb: VerifiedBundle, plan: LoadPlan,
-                  on_bytes: Callable[[int], None] | None = None) -> None:
-    """The whole archive for ``plan.load`` (docker-archive or OCI layout by ``plan.store``), read from the
-    payload once, into ``out``. Every segment of every part is checked, even of blobs not sent."""
+class _Requests:
+    """Which load request each part of the archive goes into, and what each request indexes.
+
+    containerd store: one request (an OCI layout; its ``index.json`` last). classic store: a request may end
+    after a layer once every layer it carries belongs to an image whose layers are all on the engine or sent
+    by then (the engine drops layer files no image of its request names). Those images are indexed without
+    tags, as the payload is not all checked yet; :func:`execute` tags them once every request finished. The
+    last request's index, with tags, is written once the whole payload checked out.
+    The next request lists the layers it does not carry, and its index waits for the requests that carried
+    them, so the engine registers in order while the next request already streams. The archive is cut only
+    when each layer to send has one chain among the images to load (else a layer listed but not carried
+    could mean another chain than the one registered); otherwise, and with ``split=False``, one request.
+    """
+
+    def __init__(self, uploads: Any, manifest: BundleManifest, plan: LoadPlan, split: bool = True) -> None:
+        self.uploads, self.manifest, self.plan = uploads, manifest, plan
+        self.classic = plan.store != "containerd"
+        self.split = split and self.classic and _one_chain_per_layer(plan)
+        self.pending = list(plan.load)                  # images not indexed yet
+        self.configs: dict[str, bytes] = {}             # classic: checked config blobs, written with their index
+        self.carrier: dict[str, Any] = {}               # layer digest -> the request that carried it
+        self.current: Any = None
+        self.carried: set[str] = set()                  # layers of the current request
+        self.untagged: list[ImageEntry] = []            # indexed before the whole payload was checked
+
+    def archive(self) -> ArchiveWriter:
+        if self.current is None:
+            self.current, self.carried = self.uploads.open(), set()
+            if not self.classic:
+                self.current.archive.add_bytes("oci-layout", OCI_LAYOUT)
+        return self.current.archive
+
+    def small_blob(self, blob: BlobEntry, data: bytes) -> None:
+        if self.classic and blob.kind == "config":
+            self.configs[blob.digest] = data
+        else:
+            self.archive().add_bytes(archive_name(blob, self.plan.store), data)
+
+    def layer_sent(self, digest: str) -> None:
+        self.carrier[digest] = self.current
+        self.carried.add(digest)
+        if not self.split:
+            return
+        ready = [img for img in self.pending
+                 if all(d in self.carrier or d not in self.plan.send for d in img.layers)]
+        # the last images wait for end(): their index, with tags, is written once the whole payload checked out
+        if ready and len(ready) < len(self.pending) and self.carried <= {d for img in ready for d in img.layers}:
+            self._close(ready, tags=False)
+
+    def _close(self, images: list[ImageEntry], tags: bool) -> None:
+        archive = self.archive()
+        if not self.classic:
+            self.uploads.finish(self.current, "index.json", oci_index(self.manifest, images))
+        else:
+            for config in dict.fromkeys(img.id for img in images):
+                if config in self.plan.send:
+                    archive.add_bytes(archive_name(self.plan.send[config], "classic"), self.configs.pop(config))
+            after = {self.carrier[d] for img in images for d in img.layers if d in self.carrier} - {self.current}
+            self.uploads.finish(self.current, "manifest.json", docker_archive_manifest(images, tags),
+                                after=sorted(after, key=lambda up: up.number))
+        if not tags:
+            self.untagged += images
+        self.pending = [img for img in self.pending if img not in images]
+        self.current = None
+
+    def end(self) -> None:
+        """The whole payload checked out: the last request indexes every image left, with its tags."""
+        if self.pending or self.current is not None:
+            self._close(self.pending, tags=True)
+
+
+def _one_chain_per_layer(plan: LoadPlan) -> bool:
+    chain_of: dict[str, str] = {}
+    for img in plan.load:
+        for digest, chain in zip(img.layers, chain_ids(img.diff_ids)):
+            if digest in plan.send and chain_of.setdefault(digest, chain) != chain:
+                return False
+    return True
+
+
+def write_archive(uploads: Any, vb: VerifiedBundle, plan: LoadPlan,
+                  on_bytes: Callable[[int], None] | None = None, split: bool = True) -> list[ImageEntry]:
+    """The archive(s) for ``plan.load`` (docker-archive or OCI layout by ``plan.store``), read from the payload
+    once, into requests opened from ``uploads`` (:class:`importer.images.uploads.Uploads`). Every segment of
+    every part is checked, even of blobs not sent. Returns the images indexed without their tags."""
     manifest = vb.manifest
     by_path = {b.path: b for b in manifest.blobs}
     diff_of = {layer: diff for img in manifest.images for layer, diff in zip(img.layers, img.diff_ids)}
     reader = SegmentReader(manifest.parts, manifest.segment_size, vb.folders.locate_for_reading(manifest.parts),
                            on_bytes=on_bytes)
-    archive = ArchiveWriter(out)
-    containerd = plan.store == "containerd"
+    requests = _Requests(uploads, manifest, plan, split)
     try:
-        if containerd:
-            archive.add_bytes("oci-layout", OCI_LAYOUT)
         seen: set[str] = set()
         layers_started = False
         for name, size, member in iter_members(reader):
@@ -385,37 +322,29 @@ def write_archive(out: IO[bytes], vb: VerifiedBundle, plan: LoadPlan,
                 data = content.read_all(SMALL_BLOB_MAX)
                 _check_small_blob(blob, data, manifest)
                 if blob.digest in plan.send:
-                    archive.add_bytes(archive_name(blob, plan.store), data)
+                    requests.small_blob(blob, data)
                 continue
             layers_started = True
             if blob.digest not in plan.send:
                 continue  # iter_members skips its bytes; the SegmentReader still checks them
+            archive = requests.archive()
             compression = LAYER_TYPES.get(blob.media_type, "none")
-            if not containerd and compression == "zstd" and not plan.zstd_layers_ok:
-                tar = _ZstdLayerToTar(content, diff_of.get(blob.digest, ""))
+            if requests.classic and compression == "zstd" and not plan.zstd_layers_ok:
+                tar = ZstdLayerToTar(content, diff_of.get(blob.digest, ""))
                 archive.add(archive_name(blob, plan.store), tar.size, tar.read_tar)
                 tar.finish()
             else:
                 archive.add(archive_name(blob, plan.store), blob.size, content.read)
                 content.finish()
+            requests.layer_sent(blob.digest)
         absent = sorted(set(plan.send) - seen)
         if absent:
             raise IntegrityError(f"the payload lacks {len(absent)} blob(s) the manifest lists: " + ", ".join(absent[:5]),
                                  BAD_BUNDLE)
-        if containerd:
-            archive.add_bytes("index.json", oci_index(manifest, plan.load))
-        else:
-            archive.add_bytes("manifest.json", docker_archive_manifest(plan.load))
-        archive.close()
-    except BaseException:
-        archive.aborted = True
-        raise
+        requests.end()
     finally:
         reader.close()
-
-
-class _Aborted(Exception):
-    pass
+    return requests.untagged
 
 
 @dataclass
@@ -423,75 +352,28 @@ class LoadResult:
     plan: LoadPlan
     messages: list[str] = field(default_factory=list)
     sent_bytes: int = 0
+    requests: int = 0
 
 
 def stream_load(client: docker.DockerClient, vb: VerifiedBundle, plan: LoadPlan,
-                on_bytes: Callable[[int], None] | None = None) -> list[str]:
-    """Send the archive; return the engine's messages; raise on any error from either side."""
-    rfd, wfd = os.pipe()
-    try:  # a 1 MiB pipe (Linux): fewer wake-ups between the writer thread and the upload
-        import fcntl
-        fcntl.fcntl(wfd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
-    except OSError:
-        pass
-    failed: list[BaseException] = []
-
-    def writer() -> None:
-        try:
-            # On an error the file is closed without a tar end: the engine only ever sees a cut stream.
-            with os.fdopen(wfd, "wb", buffering=CHUNK) as out:
-                write_archive(out, vb, plan, on_bytes)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            failed.append(exc)
-
-    def body() -> Iterator[bytes]:
-        while True:
-            chunk = os.read(rfd, PIPE_SIZE)
-            if not chunk:
-                break
-            yield chunk
-        thread.join()
-        if failed:
-            raise _Aborted()  # abort the upload mid-body: the engine drops the cut archive
-
-    thread = threading.Thread(target=writer, name="image-archive-writer", daemon=True)
-    thread.start()
-    messages: list[str] = []
-    errors: list[str] = []
-    lost: BaseException | None = None
+                on_bytes: Callable[[int], None] | None = None) -> tuple[list[str], list[ImageEntry], int]:
+    """Send the archive(s); return the engine's messages, the images still to tag and the number of
+    requests; raise on any error from either side (the bundle's fault first)."""
+    uploads = Uploads(client)
     try:
-        stream = client.api.load_image(data=body(), quiet=True)
-        for item in stream:
-            if not isinstance(item, dict):
-                continue
-            problem = stream_error(item)
+        untagged = write_archive(uploads, vb, plan, on_bytes)
+    except BrokenPipeError:
+        uploads.cut_all()
+        for up in uploads.all:
+            problem = up.problem()
             if problem is not None:
-                errors.append(problem)
-                continue
-            text = str(item.get("stream") or item.get("status") or "").strip()
-            if text:
-                messages.append(text)
-    except _Aborted:
-        pass
-    except docker.errors.APIError as exc:
-        errors.append(getattr(exc, "explanation", None) or str(exc))
-    except (docker.errors.DockerException, requests.exceptions.RequestException, ConnectionError) as exc:
-        lost = exc
-    finally:
-        os.close(rfd)  # a writer still blocked on the pipe now gets EPIPE and stops
-        thread.join(timeout=30)  # (one waiting at a "next disc" prompt is left behind: it is a daemon thread)
-    cause = next((e for e in failed if not isinstance(e, BrokenPipeError)), None)
-    if cause is not None:
-        raise cause  # the bundle's fault (IntegrityError...) comes first: the engine only saw a cut stream
-    if errors:
-        raise EngineError(f"the Docker engine at {engine_name()} failed to load the images: " + "; ".join(errors),
-                          "Nothing was kept. Check the engine's free space and log, then run the same command again.")
-    if lost is not None:
-        raise down_error(lost, "load images into") from lost
-    if failed:
+                raise problem from None
         raise EngineError(f"the Docker engine at {engine_name()} stopped reading the images before their end",
-                          "Check the engine's log (journalctl -u docker), then run the same command again.")
-    return messages
+                          "Check the engine's log (journalctl -u docker), then run the same command again.") from None
+    except BaseException:
+        uploads.cut_all()  # the engine only ever sees cut streams: it registers nothing more
+        raise
+    return uploads.wait_all(), untagged, len(uploads.all)
 
 
 # --- after the load -------------------------------------------------------------------------------
@@ -548,10 +430,11 @@ def execute(client: docker.DockerClient, vb: VerifiedBundle, plan: LoadPlan,
     """Load, tag and prove; on failure undo this run's changes and re-raise."""
     result = LoadResult(plan)
     try:
+        untagged: list[ImageEntry] = []
         if plan.load:
-            result.messages = stream_load(client, vb, plan, on_bytes)
+            result.messages, untagged, result.requests = stream_load(client, vb, plan, on_bytes)
             result.sent_bytes = plan.send_bytes
-        for img in plan.tag_only:
+        for img in untagged + plan.tag_only:
             tag_image(client, plan.expected(img), img.ref)
         check_pinned(client, plan.load + plan.tag_only, plan.store)
     except BaseException as exc:
