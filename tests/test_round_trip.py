@@ -41,6 +41,8 @@ def _run(module: str, *args: str, env: dict[str, str]) -> subprocess.CompletedPr
 
 
 def _ok(proc: subprocess.CompletedProcess) -> dict:
+    if proc.returncode != 0:  # whole, in the report's captured output (the assertion message is cut short)
+        print(f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}", file=sys.stderr)
     assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
     return json.loads(proc.stdout)
 

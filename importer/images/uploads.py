@@ -48,6 +48,7 @@ class Upload:
         self.errors: list[str] = []
         self.lost: BaseException | None = None
         self._cut = False
+        self.complete = False  # its index and tar end were written: the engine registers it, whatever we do
         self._rfd, wfd = os.pipe()
         try:  # a 1 MiB pipe (Linux): fewer wake-ups between the writer and the upload thread
             import fcntl
@@ -99,6 +100,7 @@ class Upload:
         """The last member and the tar end: the engine now registers what this request carried."""
         self.archive.add_bytes(index_name, index)
         self.archive.close()
+        self.complete = True
         self._out.close()
 
     def cut(self) -> None:
@@ -147,10 +149,13 @@ class Uploads:
         up.finish(index_name, index)
 
     def cut_all(self) -> None:
+        """Cut every request still open, and wait for the complete ones: the engine registers those anyway,
+        and the rollback that follows must see what they added."""
         for up in self.all:
-            up.cut()
+            if not up.complete:
+                up.cut()
         for up in self.all:
-            up.wait(timeout=30)
+            up.wait(timeout=None if up.complete else 30)
 
     def wait_all(self) -> list[str]:
         """Every request's messages, in order; the first problem is raised."""
