@@ -19,7 +19,8 @@ while the engine registers one request's layers the next one is already streamin
 from __future__ import annotations
 
 import os
-import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from typing import Iterable, Iterator
 
 import docker
@@ -42,7 +43,7 @@ class _Cut(Exception):
 class Upload:
     """One load request; its body is what is written into :attr:`archive`."""
 
-    def __init__(self, client: docker.DockerClient, number: int) -> None:
+    def __init__(self, client: docker.DockerClient, number: int, pool: ThreadPoolExecutor) -> None:
         self.number = number
         self.messages: list[str] = []
         self.errors: list[str] = []
@@ -57,8 +58,7 @@ class Upload:
             pass
         self._out = os.fdopen(wfd, "wb", buffering=CHUNK)
         self.archive = ArchiveWriter(self._out)
-        self._thread = threading.Thread(target=self._run, args=(client,), name=f"image-load-{number}", daemon=True)
-        self._thread.start()
+        self._future: Future[None] = pool.submit(self._run, client)
 
     def _body(self) -> Iterator[bytes]:
         while True:
@@ -92,10 +92,6 @@ class Upload:
         finally:
             os.close(self._rfd)  # a writer still blocked on the pipe now gets EPIPE and stops
 
-    @property
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
     def finish(self, index_name: str, index: bytes) -> None:
         """The last member and the tar end: the engine now registers what this request carried."""
         self.archive.add_bytes(index_name, index)
@@ -112,7 +108,7 @@ class Upload:
             pass
 
     def wait(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+        wait_for([self._future], timeout)
 
     def problem(self) -> EngineError | None:
         """What the engine said or did wrong with this request, once it is done."""
@@ -132,9 +128,12 @@ class Uploads:
     def __init__(self, client: docker.DockerClient) -> None:
         self.client = client
         self.all: list[Upload] = []
+        # two threads are enough (one request registering while the next streams; a third waits, and its
+        # writer with it, until one is done) and keep the memory flat: each new thread gets a malloc arena
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="image-load")
 
     def open(self) -> Upload:
-        up = Upload(self.client, len(self.all) + 1)
+        up = Upload(self.client, len(self.all) + 1, self._pool)
         self.all.append(up)
         return up
 
